@@ -1,0 +1,3 @@
+//! Client library for bufbroker.
+//!
+//! Not written yet: see `README.md` for what this crate will hold.

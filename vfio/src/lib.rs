@@ -1,0 +1,3 @@
+//! VFIO devices as bufbroker participants.
+//!
+//! Not written yet: see `README.md` for what this crate will hold.

@@ -1,0 +1,28 @@
+//! bufbroker's shared vocabulary.
+//!
+//! Participants describe what a shared buffer must look like for them ([`constraint`]); a
+//! [`request`] names the image and the participants; the [`solver`] intersects them into ranked
+//! [`plan`]s or explains why no buffer can satisfy everyone. The [`wire`] module frames these as
+//! messages between guests, host clients and the broker.
+//!
+//! This crate does no I/O and contains no `unsafe`.
+
+#![forbid(unsafe_code)]
+
+pub mod constraint;
+pub mod format;
+pub mod heap;
+pub mod limits;
+pub mod participant;
+pub mod plan;
+pub mod request;
+
+pub use constraint::{
+    AddressRange, CacheMode, ConstraintSet, Extension, FormatModifiers, LayoutConstraints,
+    MemoryConstraints, Usage,
+};
+pub use format::{FormatError, FormatInfo, Fourcc, Modifier, ModifierInfo};
+pub use heap::{HeapInfo, HeapKind};
+pub use participant::{Participant, ParticipantId, PciAddress};
+pub use plan::{Plan, PlaneLayout};
+pub use request::Request;
