@@ -461,7 +461,9 @@ impl ModifierInfo {
                 TileUnit::Pixels { width: 64, height: 64 },
                 &[],
             ),
-            m if m.vendor() == vendor::NVIDIA as u8 && (0x10..=0x15).contains(&m.0) => {
+            m if m.vendor() == vendor::NVIDIA as u8
+                && (0x10..=0x15).contains(&(m.0 & 0x00ff_ffff_ffff_ffff)) =>
+            {
                 let v = (m.0 & 0xf) as u32;
                 (
                     format!("NVIDIA_16BX2_BLOCK({v})"),

@@ -16,6 +16,8 @@ pub mod limits;
 pub mod participant;
 pub mod plan;
 pub mod request;
+pub mod solver;
+pub mod check;
 
 pub use constraint::{
     AddressRange, CacheMode, ConstraintSet, Extension, FormatModifiers, LayoutConstraints,
@@ -26,3 +28,4 @@ pub use heap::{HeapInfo, HeapKind};
 pub use participant::{Participant, ParticipantId, PciAddress};
 pub use plan::{Plan, PlaneLayout};
 pub use request::Request;
+pub use solver::{Diagnostic, SolveError, SolveOptions, Solution, solve, solve_with};
