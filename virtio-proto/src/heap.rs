@@ -67,3 +67,46 @@ impl HeapInfo {
         }
     }
 }
+
+/// Names of the CMA heaps that kernels and device trees commonly create.
+pub const CMA_HEAP_NAMES: [&str; 3] = ["linux,cma", "reserved", "default_cma_region"];
+
+impl HeapInfo {
+    /// The description of a heap known by name: `memfd`, `udmabuf`, the dma-heaps `system`
+    /// and `system-uncached`, and the CMA heaps of [`CMA_HEAP_NAMES`]. Properties follow the
+    /// kernel's `drivers/dma-buf/heaps/{system_heap,cma_heap}.c`. `None` for other names,
+    /// which need an explicit description.
+    pub fn well_known(name: &str) -> Option<HeapInfo> {
+        let base = HeapInfo {
+            name: name.to_owned(),
+            ..HeapInfo::memfd()
+        };
+        let info = match name {
+            "memfd" => base,
+            "udmabuf" => HeapInfo {
+                kind: HeapKind::Udmabuf,
+                dmabuf: true,
+                ..base
+            },
+            "system" => HeapInfo {
+                kind: HeapKind::DmaHeap,
+                dmabuf: true,
+                ..base
+            },
+            "system-uncached" => HeapInfo {
+                kind: HeapKind::DmaHeap,
+                dmabuf: true,
+                cache_mode: CacheMode::WriteCombined,
+                ..base
+            },
+            n if CMA_HEAP_NAMES.contains(&n) => HeapInfo {
+                kind: HeapKind::DmaHeap,
+                dmabuf: true,
+                contiguous: true,
+                ..base
+            },
+            _ => return None,
+        };
+        Some(info)
+    }
+}

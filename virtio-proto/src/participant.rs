@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::constraint::{ConstraintSet, Usage, usage_serde};
 
-/// A PCI address `domain:bus:device.function`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A PCI address `domain:bus:device.function`. Human-readable formats write it as the string
+/// `0000:00:02.0`; compact ones as four integers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PciAddress {
     /// PCI domain (segment).
     pub domain: u16,
@@ -27,6 +27,61 @@ impl fmt::Display for PciAddress {
             "{:04x}:{:02x}:{:02x}.{:x}",
             self.domain, self.bus, self.device, self.function
         )
+    }
+}
+
+impl std::str::FromStr for PciAddress {
+    type Err = String;
+
+    /// Parses `dddd:bb:dd.f` (the domain may be omitted).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("bad PCI address {s:?}, expected dddd:bb:dd.f");
+        let (head, function) = s.rsplit_once('.').ok_or_else(bad)?;
+        let parts: Vec<&str> = head.split(':').collect();
+        let (domain, bus, device) = match parts.as_slice() {
+            [d, b, v] => (*d, *b, *v),
+            [b, v] => ("0", *b, *v),
+            _ => return Err(bad()),
+        };
+        let hex16 = |x: &str| u16::from_str_radix(x, 16).map_err(|_| bad());
+        let hex8 = |x: &str| u8::from_str_radix(x, 16).map_err(|_| bad());
+        let addr = PciAddress {
+            domain: hex16(domain)?,
+            bus: hex8(bus)?,
+            device: hex8(device)?,
+            function: hex8(function)?,
+        };
+        if addr.device >= 32 || addr.function >= 8 {
+            return Err(bad());
+        }
+        Ok(addr)
+    }
+}
+
+impl Serialize for PciAddress {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_string())
+        } else {
+            (self.domain, self.bus, self.device, self.function).serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PciAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            s.parse().map_err(serde::de::Error::custom)
+        } else {
+            let (domain, bus, device, function) = <(u16, u8, u8, u8)>::deserialize(d)?;
+            Ok(PciAddress {
+                domain,
+                bus,
+                device,
+                function,
+            })
+        }
     }
 }
 

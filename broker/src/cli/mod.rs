@@ -1,0 +1,14 @@
+//! Subcommand implementations. Each returns the process exit code.
+
+pub mod solve;
+
+use std::process::ExitCode;
+
+use crate::args::{Cli, Command};
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Solve(args) => solve::run(&args),
+    }
+}
