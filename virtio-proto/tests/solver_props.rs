@@ -281,7 +281,7 @@ fn all_plans() -> SolveOptions {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(300), ..ProptestConfig::default() })]
 
     #[test]
     fn every_plan_satisfies_every_participant(request in arb_request()) {
@@ -383,7 +383,7 @@ proptest! {
                 let relaxed = keep_only(&request, &fewer);
                 prop_assert!(
                     solve_with(&relaxed, &heaps, &SolveOptions::default()).is_ok(),
-                    "dropping {:?} keeps the core unsolvable", atom
+                    "dropping {:?} keeps the core unsolvable: original {} diag {:?}", atom, serde_json::to_string(&request).unwrap(), d
                 );
             }
             if let Some(split) = &d.split {
@@ -483,7 +483,7 @@ fn relax_from(original: &Request, request: &Request, index: usize, kind: K) -> R
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(300), ..ProptestConfig::default() })]
 
     /// Arbitrary values everywhere (not only realistic ones): the solver returns, never panics.
     #[test]
@@ -526,4 +526,12 @@ proptest! {
         };
         let _ = solve_with(&request, &heaps(), &SolveOptions::default());
     }
+}
+
+/// Cases per property: `default`, or `PROPTEST_CASES` for longer runs.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }

@@ -3,9 +3,9 @@
 //! Each participant's rule of one kind (all its alternatives' values for that field) is one
 //! *constraint*; the request's format list is another. Starting from every constraint that
 //! is not neutral, the explanation drops constraints one by one while the request stays
-//! unsolvable (deletion-based minimal unsatisfiable subset). Solvability only grows when a
-//! constraint is dropped, so the result is minimal: dropping any one of the named constraints
-//! makes the request solvable.
+//! unsolvable (deletion-based minimal unsatisfiable subset), repeating the passes until none
+//! drops anything, so the result is minimal: dropping any one of the named constraints makes
+//! the request solvable.
 
 use std::collections::BTreeSet;
 
@@ -23,6 +23,9 @@ enum Atom {
     RequestFormats,
     Participant(usize, ConstraintKind),
 }
+
+/// Most deletion passes over the kept constraints.
+const MAX_PASSES: usize = 6;
 
 /// Participants up to this many get an exhaustive split search; more get a greedy one.
 const EXHAUSTIVE_SPLIT: usize = 10;
@@ -81,20 +84,30 @@ pub(crate) fn explain(problem: &Problem<'_>, request: &Request, heaps: &[HeapInf
     let mut notes = problem.notes();
     let active = active_atoms(problem, request);
     let mut kept: BTreeSet<Atom> = active.iter().copied().collect();
-    for atom in &active {
-        kept.remove(atom);
-        match ex.unsat(&kept, None) {
-            Some(true) => {}
-            Some(false) => {
-                kept.insert(*atom);
+    // Deletion passes until nothing more can be dropped. One pass suffices when dropping a
+    // constraint only ever helps; a width alignment can also make an exact stride come out
+    // aligned, so later passes re-check what an earlier pass kept.
+    let mut converged = false;
+    for _ in 0..MAX_PASSES {
+        let mut changed = false;
+        for atom in kept.clone() {
+            kept.remove(&atom);
+            match ex.unsat(&kept, None) {
+                Some(true) => changed = true,
+                Some(false) | None => {
+                    kept.insert(atom);
+                }
             }
-            None => {
-                kept.insert(*atom);
+            if ex.exhausted {
                 break;
             }
         }
+        if !changed || ex.exhausted {
+            converged = !changed;
+            break;
+        }
     }
-    let minimal = !ex.exhausted;
+    let minimal = converged && !ex.exhausted;
     let mut conflicts: Vec<Conflict> = kept.iter().map(|a| describe(problem, request, *a)).collect();
     let memory_involved = kept.iter().any(|a| {
         matches!(
