@@ -167,8 +167,11 @@ stride_alignment = 64
 
     #[test]
     fn participant_without_alternatives_is_an_error() {
-        let err = parse(Path::new("e.toml"), "[[participant]]\nid = \"cpu\"\nlabel = \"CPU\"\nalternatives = []\n")
-            .unwrap_err();
+        let err = parse(
+            Path::new("e.toml"),
+            "[[participant]]\nid = \"cpu\"\nlabel = \"CPU\"\nalternatives = []\n",
+        )
+        .unwrap_err();
         assert!(matches!(err, ConstraintFileError::NoAlternative { .. }));
     }
 }

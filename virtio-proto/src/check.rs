@@ -31,7 +31,11 @@ pub enum Violation {
 }
 
 fn up(v: u64, a: u64) -> u64 {
-    if a <= 1 { v } else { v.div_ceil(a).saturating_mul(a) }
+    if a <= 1 {
+        v
+    } else {
+        v.div_ceil(a).saturating_mul(a)
+    }
 }
 
 fn multiple(v: u64, a: u64) -> bool {
@@ -77,7 +81,10 @@ pub fn verify_plan(request: &Request, heaps: &[HeapInfo], plan: &Plan) -> Result
             .div_ceil(pi.block_width)
             .saturating_mul(pi.bytes_per_block);
         if u64::from(pl.stride) < u64::from(min_row) || !multiple(pl.stride.into(), tw) {
-            return shape(format!("plane {i} stride {} too small or not whole tiles", pl.stride));
+            return shape(format!(
+                "plane {i} stride {} too small or not whole tiles",
+                pl.stride
+            ));
         }
         let min_size = u64::from(pl.stride).saturating_mul(up(pi.height(plan.height).into(), th));
         if pl.size < min_size {
@@ -92,7 +99,12 @@ pub fn verify_plan(request: &Request, heaps: &[HeapInfo], plan: &Plan) -> Result
         return shape("planes extend past the buffer".into());
     }
     let mut usage = request.usage;
-    for (i, (p, &alt)) in request.participants.iter().zip(&plan.alternatives).enumerate() {
+    for (i, (p, &alt)) in request
+        .participants
+        .iter()
+        .zip(&plan.alternatives)
+        .enumerate()
+    {
         usage |= p.usage;
         let Some(set) = p.alternatives.get(alt as usize) else {
             return shape(format!("participant {i} has no alternative {alt}"));
@@ -188,11 +200,16 @@ fn check_set(
         if pl.size < stride.saturating_mul(rows) {
             return Err(format!("plane {i} has fewer rows than the aligned height"));
         }
-        if !multiple(pl.offset, l.offset_alignment.into()) || !multiple(pl.offset, l.plane_base_alignment) {
+        if !multiple(pl.offset, l.offset_alignment.into())
+            || !multiple(pl.offset, l.plane_base_alignment)
+        {
             return Err(format!("plane {i} offset not aligned"));
         }
         if l.planes_back_to_back && i > 0 && pl.offset != prev_end {
-            return Err(format!("plane {i} does not start where plane {} ends", i - 1));
+            return Err(format!(
+                "plane {i} does not start where plane {} ends",
+                i - 1
+            ));
         }
         prev_end = pl.offset.saturating_add(pl.size);
     }
@@ -237,7 +254,10 @@ fn check_set(
         }
     } else if bits < 64 {
         if heap.effective_address_bits() > bits {
-            return Err(format!("heap {} can hand out addresses above {bits} bits", heap.name));
+            return Err(format!(
+                "heap {} can hand out addresses above {bits} bits",
+                heap.name
+            ));
         }
         if u128::from(plan.size) > 1u128 << bits {
             return Err("buffer larger than the address space".into());

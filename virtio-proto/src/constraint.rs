@@ -134,7 +134,11 @@ pub enum CacheMode {
 
 impl CacheMode {
     /// All modes, in the broker's default preference order.
-    pub const ALL: [CacheMode; 3] = [CacheMode::Cached, CacheMode::WriteCombined, CacheMode::Uncached];
+    pub const ALL: [CacheMode; 3] = [
+        CacheMode::Cached,
+        CacheMode::WriteCombined,
+        CacheMode::Uncached,
+    ];
 
     /// The name used in files and messages.
     pub fn name(self) -> &'static str {

@@ -72,7 +72,10 @@ impl fmt::Display for Fourcc {
         match self.name() {
             Some(n) => f.write_str(n),
             None => {
-                let printable = self.chars().iter().all(|c| c.is_ascii_graphic() || *c == b' ');
+                let printable = self
+                    .chars()
+                    .iter()
+                    .all(|c| c.is_ascii_graphic() || *c == b' ');
                 if printable {
                     let s: String = self.chars().iter().map(|&c| c as char).collect();
                     write!(f, "'{}' (0x{:08x})", s.trim_end(), self.0)
@@ -188,7 +191,7 @@ impl Modifier {
 impl fmt::Display for Modifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match ModifierInfo::lookup(*self) {
-            Ok(info) => f.write_str(&info.name),
+            Ok(info) => f.write_str(info.name),
             Err(_) if *self == Modifier::INVALID => f.write_str("INVALID"),
             Err(_) => write!(f, "0x{:016x}", self.0),
         }
@@ -210,7 +213,9 @@ impl FromStr for Modifier {
         let t = s.trim();
         let bad = || FormatError::BadModifierName(s.to_owned());
         if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-            return u64::from_str_radix(hex, 16).map(Modifier).map_err(|_| bad());
+            return u64::from_str_radix(hex, 16)
+                .map(Modifier)
+                .map_err(|_| bad());
         }
         if t.bytes().all(|b| b.is_ascii_digit()) && !t.is_empty() {
             return t.parse::<u64>().map(Modifier).map_err(|_| bad());
@@ -363,7 +368,12 @@ const YUV422_PACKED: &[PlaneInfo] = &[PlaneInfo {
     vsub: 1,
 }];
 
-const fn f(code: DrmFourcc, name: &'static str, planes: &'static [PlaneInfo], is_yuv: bool) -> FormatInfo {
+const fn f(
+    code: DrmFourcc,
+    name: &'static str,
+    planes: &'static [PlaneInfo],
+    is_yuv: bool,
+) -> FormatInfo {
     FormatInfo {
         fourcc: Fourcc(code as u32),
         name,
@@ -432,7 +442,7 @@ pub struct ModifierInfo {
     /// The modifier.
     pub modifier: Modifier,
     /// Display name.
-    pub name: String,
+    pub name: &'static str,
     /// Tile geometry; `Bytes { 1, 1 }` for linear.
     pub tile: TileUnit,
     /// Formats this layout is defined for; empty means any format.
@@ -445,31 +455,42 @@ impl ModifierInfo {
     /// The layout of `modifier`, or [`FormatError::UnknownModifier`].
     pub fn lookup(modifier: Modifier) -> Result<ModifierInfo, FormatError> {
         let bytes = |width, height| TileUnit::Bytes { width, height };
-        let (name, tile, formats): (String, TileUnit, &'static [Fourcc]) = match modifier {
-            Modifier::LINEAR => ("LINEAR".into(), bytes(1, 1), &[]),
-            Modifier::I915_X_TILED => ("I915_X_TILED".into(), bytes(512, 8), &[]),
-            Modifier::I915_Y_TILED => ("I915_Y_TILED".into(), bytes(128, 32), &[]),
-            Modifier::I915_4_TILED => ("I915_4_TILED".into(), bytes(128, 32), &[]),
-            Modifier::SAMSUNG_64_32_TILE => ("SAMSUNG_64_32_TILE".into(), bytes(64, 32), &[NV12]),
+        let (name, tile, formats): (&'static str, TileUnit, &'static [Fourcc]) = match modifier {
+            Modifier::LINEAR => ("LINEAR", bytes(1, 1), &[]),
+            Modifier::I915_X_TILED => ("I915_X_TILED", bytes(512, 8), &[]),
+            Modifier::I915_Y_TILED => ("I915_Y_TILED", bytes(128, 32), &[]),
+            Modifier::I915_4_TILED => ("I915_4_TILED", bytes(128, 32), &[]),
+            Modifier::SAMSUNG_64_32_TILE => ("SAMSUNG_64_32_TILE", bytes(64, 32), &[NV12]),
             Modifier::VIVANTE_TILED => (
-                "VIVANTE_TILED".into(),
-                TileUnit::Pixels { width: 4, height: 4 },
+                "VIVANTE_TILED",
+                TileUnit::Pixels {
+                    width: 4,
+                    height: 4,
+                },
                 &[],
             ),
             Modifier::VIVANTE_SUPER_TILED => (
-                "VIVANTE_SUPER_TILED".into(),
-                TileUnit::Pixels { width: 64, height: 64 },
+                "VIVANTE_SUPER_TILED",
+                TileUnit::Pixels {
+                    width: 64,
+                    height: 64,
+                },
                 &[],
             ),
             m if m.vendor() == vendor::NVIDIA as u8
                 && (0x10..=0x15).contains(&(m.0 & 0x00ff_ffff_ffff_ffff)) =>
             {
-                let v = (m.0 & 0xf) as u32;
-                (
-                    format!("NVIDIA_16BX2_BLOCK({v})"),
-                    bytes(64, 8 << v),
-                    &[],
-                )
+                const NAMES: [&str; 6] = [
+                    "NVIDIA_16BX2_BLOCK(0)",
+                    "NVIDIA_16BX2_BLOCK(1)",
+                    "NVIDIA_16BX2_BLOCK(2)",
+                    "NVIDIA_16BX2_BLOCK(3)",
+                    "NVIDIA_16BX2_BLOCK(4)",
+                    "NVIDIA_16BX2_BLOCK(5)",
+                ];
+                let v = (m.0 & 0xf) as usize;
+                let name = NAMES.get(v).copied().unwrap_or("NVIDIA_16BX2_BLOCK");
+                (name, bytes(64, 8 << v), &[])
             }
             other => return Err(FormatError::UnknownModifier(other)),
         };
@@ -567,7 +588,10 @@ mod tests {
     #[test]
     fn packed_yuv_rounds_to_whole_macropixels() {
         let yuyv: Fourcc = "YUYV".parse().unwrap();
-        assert_eq!(yuyv.info().unwrap().planes[0].min_row_bytes(1920), Some(3840));
+        assert_eq!(
+            yuyv.info().unwrap().planes[0].min_row_bytes(1920),
+            Some(3840)
+        );
         assert_eq!(yuyv.info().unwrap().planes[0].min_row_bytes(3), Some(8));
     }
 
@@ -588,7 +612,10 @@ mod tests {
         let nv = "NVIDIA_16BX2_BLOCK(4)".parse::<Modifier>().unwrap();
         assert_eq!(nv.0, 0x0300_0000_0000_0014);
         assert_eq!(nv.to_string(), "NVIDIA_16BX2_BLOCK(4)");
-        assert_eq!(Modifier(0x0200_0000_0000_0123).to_string(), "0x0200000000000123");
+        assert_eq!(
+            Modifier(0x0200_0000_0000_0123).to_string(),
+            "0x0200000000000123"
+        );
         assert!(Modifier(0x0200_0000_0000_0123).info().is_err());
         assert!("NVIDIA_16BX2_BLOCK(9)".parse::<Modifier>().is_err());
     }

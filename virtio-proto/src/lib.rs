@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod constraint;
 pub mod format;
 pub mod heap;
@@ -17,7 +18,6 @@ pub mod participant;
 pub mod plan;
 pub mod request;
 pub mod solver;
-pub mod check;
 
 pub use constraint::{
     AddressRange, CacheMode, ConstraintSet, Extension, FormatModifiers, LayoutConstraints,
@@ -28,4 +28,4 @@ pub use heap::{HeapInfo, HeapKind};
 pub use participant::{Participant, ParticipantId, PciAddress};
 pub use plan::{Plan, PlaneLayout};
 pub use request::Request;
-pub use solver::{Diagnostic, SolveError, SolveOptions, Solution, solve, solve_with};
+pub use solver::{Diagnostic, Solution, SolveError, SolveOptions, solve, solve_with};

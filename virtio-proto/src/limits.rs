@@ -86,11 +86,19 @@ pub fn check_constraint_set(set: &ConstraintSet) -> Result<(), LimitError> {
     count("formats", set.formats.len(), MAX_FORMATS)?;
     let mut pairs = 0usize;
     for f in &set.formats {
-        count("modifiers of one format", f.modifiers.len(), MAX_MODIFIERS_PER_FORMAT)?;
+        count(
+            "modifiers of one format",
+            f.modifiers.len(),
+            MAX_MODIFIERS_PER_FORMAT,
+        )?;
         pairs += f.modifiers.len().max(1);
     }
     count("format/modifier pairs", pairs, MAX_FORMAT_MODIFIER_PAIRS)?;
-    count("plane row alignments", set.layout.plane_row_alignment.len(), MAX_PLANES)?;
+    count(
+        "plane row alignments",
+        set.layout.plane_row_alignment.len(),
+        MAX_PLANES,
+    )?;
     count("heaps", set.memory.heaps.len(), MAX_HEAPS)?;
     for h in &set.memory.heaps {
         string("heap name", h)?;
@@ -113,7 +121,11 @@ pub fn check_participant(p: &Participant) -> Result<(), LimitError> {
         | crate::ParticipantId::Named(s) => string("participant name", s)?,
         _ => {}
     }
-    range("alternatives", p.alternatives.len() as u64, MAX_ALTERNATIVES as u64)?;
+    range(
+        "alternatives",
+        p.alternatives.len() as u64,
+        MAX_ALTERNATIVES as u64,
+    )?;
     p.alternatives.iter().try_for_each(check_constraint_set)
 }
 
@@ -123,6 +135,10 @@ pub fn check_request(r: &Request) -> Result<(), LimitError> {
     range("height", r.height.into(), MAX_DIMENSION.into())?;
     range("buffer count", r.count.into(), MAX_BUFFER_COUNT.into())?;
     count("request formats", r.formats.len(), MAX_FORMATS)?;
-    range("participants", r.participants.len() as u64, MAX_PARTICIPANTS as u64)?;
+    range(
+        "participants",
+        r.participants.len() as u64,
+        MAX_PARTICIPANTS as u64,
+    )?;
     r.participants.iter().try_for_each(check_participant)
 }

@@ -145,7 +145,12 @@ pub struct Participant {
 
 impl Participant {
     /// A participant with one alternative.
-    pub fn new(id: ParticipantId, label: impl Into<String>, usage: Usage, set: ConstraintSet) -> Self {
+    pub fn new(
+        id: ParticipantId,
+        label: impl Into<String>,
+        usage: Usage,
+        set: ConstraintSet,
+    ) -> Self {
         Participant {
             id,
             label: label.into(),

@@ -2,9 +2,12 @@
 //! against brute force on small domains, determinism, independence from participant order,
 //! minimal diagnostics, and no panic on arbitrary input.
 
+// Test code: a panic is a test failure, which is what these lints would otherwise forbid.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
 use bufbroker_proto::check::verify_plan;
-use bufbroker_proto::solver::{ConstraintKind as K, ConstraintOwner, SolveOptions, compute_layout};
 use bufbroker_proto::solver::LayoutRules;
+use bufbroker_proto::solver::{ConstraintKind as K, ConstraintOwner, SolveOptions, compute_layout};
 use bufbroker_proto::{
     AddressRange, CacheMode, ConstraintSet, FormatModifiers, Fourcc, HeapInfo, HeapKind,
     LayoutConstraints, MemoryConstraints, Modifier, Participant, ParticipantId, Plan, Request,
@@ -42,7 +45,11 @@ fn arb_format() -> impl Strategy<Value = FormatModifiers> {
     (
         prop::sample::select(vec!["NV12", "XRGB8888", "R8", "YUYV"]),
         prop::collection::vec(
-            prop::sample::select(vec![Modifier::LINEAR, Modifier::I915_X_TILED, Modifier::I915_Y_TILED]),
+            prop::sample::select(vec![
+                Modifier::LINEAR,
+                Modifier::I915_X_TILED,
+                Modifier::I915_Y_TILED,
+            ]),
             0..3,
         ),
     )
@@ -61,7 +68,13 @@ fn arb_align() -> impl Strategy<Value = u32> {
 
 fn arb_set() -> impl Strategy<Value = ConstraintSet> {
     let layout = (
-        (arb_align(), arb_align(), arb_align(), arb_align(), arb_align()),
+        (
+            arb_align(),
+            arb_align(),
+            arb_align(),
+            arb_align(),
+            arb_align(),
+        ),
         (
             prop::collection::vec(arb_align(), 0..3),
             prop::bool::weighted(0.15),
@@ -76,54 +89,76 @@ fn arb_set() -> impl Strategy<Value = ConstraintSet> {
             prop::sample::select(vec![0u32, 0, 1, 2]),
         ),
     )
-        .prop_map(|((sa, oa, za, ha, wa), (rows, exact, b2b, base), (mw, mh, ms, msz, mp))| {
-            LayoutConstraints {
-                stride_alignment: sa,
-                offset_alignment: oa,
-                size_alignment: za,
-                height_alignment: ha,
-                width_alignment: wa,
-                plane_row_alignment: rows,
-                exact_stride: exact,
-                planes_back_to_back: b2b,
-                plane_base_alignment: base,
-                max_width: mw,
-                max_height: mh,
-                max_stride: ms,
-                max_size: msz,
-                max_planes: mp,
-                separate_planes: false,
-            }
-        });
+        .prop_map(
+            |((sa, oa, za, ha, wa), (rows, exact, b2b, base), (mw, mh, ms, msz, mp))| {
+                LayoutConstraints {
+                    stride_alignment: sa,
+                    offset_alignment: oa,
+                    size_alignment: za,
+                    height_alignment: ha,
+                    width_alignment: wa,
+                    plane_row_alignment: rows,
+                    exact_stride: exact,
+                    planes_back_to_back: b2b,
+                    plane_base_alignment: base,
+                    max_width: mw,
+                    max_height: mh,
+                    max_stride: ms,
+                    max_size: msz,
+                    max_planes: mp,
+                    separate_planes: false,
+                }
+            },
+        );
     let memory = (
-        prop::collection::vec(prop::sample::select(vec!["memfd", "system", "cma", "nope"]), 0..3),
+        prop::collection::vec(
+            prop::sample::select(vec!["memfd", "system", "cma", "nope"]),
+            0..3,
+        ),
         prop::bool::weighted(0.2),
         prop::sample::select(vec![0u8, 0, 20, 28, 32]),
         prop::bool::weighted(0.3),
-        prop::sample::select(vec![vec![], vec![AddressRange { start: 0x1000, end: 0xf_ffff }]]),
+        prop::sample::select(vec![
+            vec![],
+            vec![AddressRange {
+                start: 0x1000,
+                end: 0xf_ffff,
+            }],
+        ]),
         prop::bool::weighted(0.1),
         prop::collection::vec(
-            prop::sample::select(vec![CacheMode::Cached, CacheMode::WriteCombined, CacheMode::Uncached]),
+            prop::sample::select(vec![
+                CacheMode::Cached,
+                CacheMode::WriteCombined,
+                CacheMode::Uncached,
+            ]),
             0..2,
         ),
         prop::bool::weighted(0.2),
     )
-        .prop_map(|(heaps, contiguous, bits, iommu, iova, coherent, cache, dmabuf)| MemoryConstraints {
-            heaps: heaps.into_iter().map(String::from).collect(),
-            contiguous,
-            address_bits: bits,
-            behind_iommu: iommu,
-            iova_ranges: iova,
-            coherent,
-            cache_modes: cache,
-            protected: false,
-            dmabuf,
-        });
+        .prop_map(
+            |(heaps, contiguous, bits, iommu, iova, coherent, cache, dmabuf)| MemoryConstraints {
+                heaps: heaps.into_iter().map(String::from).collect(),
+                contiguous,
+                address_bits: bits,
+                behind_iommu: iommu,
+                iova_ranges: iova,
+                coherent,
+                cache_modes: cache,
+                protected: false,
+                dmabuf,
+            },
+        );
     (
         prop::collection::vec(arb_format(), 0..3),
         layout,
         memory,
-        prop::sample::select(vec![Usage::empty(), Usage::empty(), Usage::SCANOUT, Usage::CPU_READ | Usage::CPU_WRITE]),
+        prop::sample::select(vec![
+            Usage::empty(),
+            Usage::empty(),
+            Usage::SCANOUT,
+            Usage::CPU_READ | Usage::CPU_WRITE,
+        ]),
     )
         .prop_map(|(formats, layout, memory, usage)| ConstraintSet {
             usage,
@@ -152,7 +187,10 @@ fn arb_request() -> impl Strategy<Value = Request> {
     (
         1u32..2000,
         1u32..1200,
-        prop::collection::vec(prop::sample::select(vec!["NV12", "XRGB8888", "R8", "YUYV"]), 0..3),
+        prop::collection::vec(
+            prop::sample::select(vec!["NV12", "XRGB8888", "R8", "YUYV"]),
+            0..3,
+        ),
         prop::collection::vec(arb_participant(), 1..4),
         1u32..4,
     )
@@ -198,7 +236,11 @@ fn brute_force(request: &Request, heaps: &[HeapInfo]) -> Vec<(Fourcc, Modifier)>
     pairs.sort();
     pairs.dedup();
     let mut feasible = Vec::new();
-    let sizes: Vec<usize> = request.participants.iter().map(|p| p.alternatives.len()).collect();
+    let sizes: Vec<usize> = request
+        .participants
+        .iter()
+        .map(|p| p.alternatives.len())
+        .collect();
     for &(f, m) in &pairs {
         let mut choice = vec![0usize; sizes.len()];
         'combos: loop {
@@ -215,7 +257,8 @@ fn brute_force(request: &Request, heaps: &[HeapInfo]) -> Vec<(Fourcc, Modifier)>
                 rules.size_alignment = lcm(rules.size_alignment, l.size_alignment.into());
                 rules.height_alignment = lcm(rules.height_alignment, l.height_alignment.into());
                 rules.width_alignment = lcm(rules.width_alignment, l.width_alignment.into());
-                rules.plane_base_alignment = lcm(rules.plane_base_alignment, l.plane_base_alignment);
+                rules.plane_base_alignment =
+                    lcm(rules.plane_base_alignment, l.plane_base_alignment);
                 for (i, &a) in l.plane_row_alignment.iter().enumerate() {
                     rules.plane_row_alignment[i] = lcm(rules.plane_row_alignment[i], a.into());
                 }
@@ -226,7 +269,10 @@ fn brute_force(request: &Request, heaps: &[HeapInfo]) -> Vec<(Fourcc, Modifier)>
                 rules.planes_back_to_back |= l.planes_back_to_back;
             }
             if let Ok(layout) = compute_layout(f, m, request.width, request.height, &rules) {
-                let usage = request.participants.iter().fold(request.usage, |u, p| u | p.usage);
+                let usage = request
+                    .participants
+                    .iter()
+                    .fold(request.usage, |u, p| u | p.usage);
                 let bits = sets
                     .iter()
                     .map(|s| s.memory.effective_address_bits())
@@ -405,7 +451,10 @@ proptest! {
 fn every_pair(request: &Request) -> Vec<FormatModifiers> {
     let mut all: Vec<FormatModifiers> = bufbroker_proto::FormatInfo::all()
         .iter()
-        .map(|f| FormatModifiers { fourcc: f.fourcc, modifiers: vec![Modifier::LINEAR] })
+        .map(|f| FormatModifiers {
+            fourcc: f.fourcc,
+            modifiers: vec![Modifier::LINEAR],
+        })
         .collect();
     for p in &request.participants {
         for a in &p.alternatives {

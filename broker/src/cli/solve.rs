@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use bufbroker_proto::constraint::Usage;
-use bufbroker_proto::solver::{Diagnostic, SolveError, SolveOptions, Solution};
+use bufbroker_proto::solver::{Diagnostic, Solution, SolveError, SolveOptions};
 use bufbroker_proto::{Fourcc, HeapInfo, Plan, Request, solve_with};
 use serde::Serialize;
 use thiserror::Error;
@@ -83,11 +83,19 @@ pub fn solve_files(args: &SolveArgs) -> Result<(String, u8), SolveCommandError> 
         ..SolveOptions::default()
     };
     match solve_with(&request, &heaps, &options) {
-        Ok(solution) => Ok((render_solution(args.json, &request, &heaps, &solution), EXIT_SOLVED)),
-        Err(SolveError::Unsatisfiable(d)) => Ok((render_diagnostic(args.json, &request, &heaps, &d), EXIT_UNSATISFIABLE)),
+        Ok(solution) => Ok((
+            render_solution(args.json, &request, &heaps, &solution),
+            EXIT_SOLVED,
+        )),
+        Err(SolveError::Unsatisfiable(d)) => Ok((
+            render_diagnostic(args.json, &request, &heaps, &d),
+            EXIT_UNSATISFIABLE,
+        )),
         Err(e @ SolveError::UnknownRequiredExtension { .. }) => {
             let text = if args.json {
-                json(&JsonOutput::Error { error: e.to_string() })
+                json(&JsonOutput::Error {
+                    error: e.to_string(),
+                })
             } else {
                 format!("unsatisfiable: {e}\n")
             };
@@ -103,19 +111,31 @@ fn build_request(
     participants: Vec<bufbroker_proto::Participant>,
 ) -> Result<Request, SolveCommandError> {
     let flag = |m: &str| SolveCommandError::Flag(m.to_owned());
-    let width = args.width.or(spec.width).ok_or_else(|| flag("--width is required (or width in a [request] table)"))?;
-    let height = args.height.or(spec.height).ok_or_else(|| flag("--height is required (or height in a [request] table)"))?;
+    let width = args
+        .width
+        .or(spec.width)
+        .ok_or_else(|| flag("--width is required (or width in a [request] table)"))?;
+    let height = args
+        .height
+        .or(spec.height)
+        .ok_or_else(|| flag("--height is required (or height in a [request] table)"))?;
     let formats = if args.formats.is_empty() {
         spec.formats.clone()
     } else {
         args.formats
             .iter()
-            .map(|f| f.parse::<Fourcc>().map_err(|e| SolveCommandError::Flag(format!("--format: {e}"))))
+            .map(|f| {
+                f.parse::<Fourcc>()
+                    .map_err(|e| SolveCommandError::Flag(format!("--format: {e}")))
+            })
             .collect::<Result<_, _>>()?
     };
-    let mut usage = spec.usage_flags().map_err(|e| SolveCommandError::Flag(format!("[request] usage: {e}")))?;
+    let mut usage = spec
+        .usage_flags()
+        .map_err(|e| SolveCommandError::Flag(format!("[request] usage: {e}")))?;
     if let Some(u) = &args.usage {
-        usage |= Usage::parse_list(u).map_err(|e| SolveCommandError::Flag(format!("--usage: {e}")))?;
+        usage |=
+            Usage::parse_list(u).map_err(|e| SolveCommandError::Flag(format!("--usage: {e}")))?;
     }
     Ok(Request {
         width,
@@ -136,7 +156,8 @@ fn heaps(names: &[String]) -> Result<Vec<HeapInfo>, SolveCommandError> {
     names
         .iter()
         .map(|n| {
-            HeapInfo::well_known(n).ok_or_else(|| SolveCommandError::Flag(format!("--heap: unknown heap {n:?}")))
+            HeapInfo::well_known(n)
+                .ok_or_else(|| SolveCommandError::Flag(format!("--heap: unknown heap {n:?}")))
         })
         .collect()
 }
@@ -159,7 +180,8 @@ enum JsonOutput<'a> {
 }
 
 fn json(out: &JsonOutput<'_>) -> String {
-    let mut s = serde_json::to_string_pretty(out).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    let mut s =
+        serde_json::to_string_pretty(out).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     s.push('\n');
     s
 }
@@ -171,18 +193,33 @@ fn header(out: &mut String, request: &Request, heaps: &[HeapInfo]) {
         "request: {}x{}, formats {}, usage {}, count {}",
         request.width,
         request.height,
-        if formats.is_empty() { "any".into() } else { formats.join(", ") },
+        if formats.is_empty() {
+            "any".into()
+        } else {
+            formats.join(", ")
+        },
         request.usage,
         request.count
     );
     let names: Vec<&str> = heaps.iter().map(|h| h.name.as_str()).collect();
     let _ = writeln!(out, "heaps: {}", names.join(", "));
     for (i, p) in request.participants.iter().enumerate() {
-        let _ = writeln!(out, "participant {i}: {} ({}), {} alternative(s)", p.label, p.id, p.alternatives.len());
+        let _ = writeln!(
+            out,
+            "participant {i}: {} ({}), {} alternative(s)",
+            p.label,
+            p.id,
+            p.alternatives.len()
+        );
     }
 }
 
-fn render_solution(as_json: bool, request: &Request, heaps: &[HeapInfo], solution: &Solution) -> String {
+fn render_solution(
+    as_json: bool,
+    request: &Request,
+    heaps: &[HeapInfo],
+    solution: &Solution,
+) -> String {
     if as_json {
         return json(&JsonOutput::Solved {
             heaps: heaps.iter().map(|h| h.name.as_str()).collect(),
@@ -208,7 +245,11 @@ fn render_solution(as_json: bool, request: &Request, heaps: &[HeapInfo], solutio
             e.alternative,
             e.vendor,
             e.code,
-            if e.required { "is required and not understood; alternative skipped" } else { "is optional and not understood; ignored" }
+            if e.required {
+                "is required and not understood; alternative skipped"
+            } else {
+                "is optional and not understood; ignored"
+            }
         );
     }
     out
@@ -234,11 +275,20 @@ fn render_plan(out: &mut String, rank: usize, request: &Request, plan: &Plan) {
         alts.join(", ")
     );
     for (i, pl) in plan.planes.iter().enumerate() {
-        let _ = writeln!(out, "      plane {i}: offset {:>9}  stride {:>6}  size {:>9}", pl.offset, pl.stride, pl.size);
+        let _ = writeln!(
+            out,
+            "      plane {i}: offset {:>9}  stride {:>6}  size {:>9}",
+            pl.offset, pl.stride, pl.size
+        );
     }
 }
 
-fn render_diagnostic(as_json: bool, request: &Request, heaps: &[HeapInfo], d: &Diagnostic) -> String {
+fn render_diagnostic(
+    as_json: bool,
+    request: &Request,
+    heaps: &[HeapInfo],
+    d: &Diagnostic,
+) -> String {
     if as_json {
         return json(&JsonOutput::Unsatisfiable {
             heaps: heaps.iter().map(|h| h.name.as_str()).collect(),
@@ -253,7 +303,11 @@ fn render_diagnostic(as_json: bool, request: &Request, heaps: &[HeapInfo], d: &D
         out,
         "unsatisfiable: {} conflicting constraint(s){}:",
         d.conflicts.len(),
-        if d.minimal { " (minimal: dropping any one makes the request solvable)" } else { "" }
+        if d.minimal {
+            " (minimal: dropping any one makes the request solvable)"
+        } else {
+            ""
+        }
     );
     for c in &d.conflicts {
         let _ = writeln!(out, "  - {c}");
@@ -264,11 +318,19 @@ fn render_diagnostic(as_json: bool, request: &Request, heaps: &[HeapInfo], d: &D
     if let Some(split) = &d.split {
         let names = |g: &[u32]| -> String {
             g.iter()
-                .filter_map(|&i| request.participants.get(i as usize).map(|p| p.label.clone()))
+                .filter_map(|&i| {
+                    request
+                        .participants
+                        .get(i as usize)
+                        .map(|p| p.label.clone())
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let _ = writeln!(out, "\nsplit proposal: two buffers joined by a copy (shadow buffer)");
+        let _ = writeln!(
+            out,
+            "\nsplit proposal: two buffers joined by a copy (shadow buffer)"
+        );
         let _ = writeln!(out, "  group 1: {}", names(&split.first));
         render_plan(&mut out, 1, request, &split.first_plan);
         let _ = writeln!(out, "  group 2: {}", names(&split.second));

@@ -41,7 +41,9 @@ impl Explainer<'_, '_> {
     /// ran out.
     fn unsat(&mut self, kept: &BTreeSet<Atom>, subset: Option<u32>) -> Option<bool> {
         let n = self.problem.participants.len();
-        let all = ConstraintKind::ALL.iter().fold(0u32, |acc, k| acc | k.bit());
+        let all = ConstraintKind::ALL
+            .iter()
+            .fold(0u32, |acc, k| acc | k.bit());
         let mut relax = vec![all; n];
         let mut relax_request_formats = true;
         for atom in kept {
@@ -54,10 +56,16 @@ impl Explainer<'_, '_> {
                 }
             }
         }
-        self.solve(&relax, relax_request_formats, subset).map(|found| !found)
+        self.solve(&relax, relax_request_formats, subset)
+            .map(|found| !found)
     }
 
-    fn solve(&mut self, relax: &[u32], relax_request_formats: bool, subset: Option<u32>) -> Option<bool> {
+    fn solve(
+        &mut self,
+        relax: &[u32],
+        relax_request_formats: bool,
+        subset: Option<u32>,
+    ) -> Option<bool> {
         if self.exhausted {
             return None;
         }
@@ -75,7 +83,12 @@ impl Explainer<'_, '_> {
 }
 
 /// Builds the diagnostic for an unsolvable `problem`.
-pub(crate) fn explain(problem: &Problem<'_>, request: &Request, heaps: &[HeapInfo], budget: u64) -> Diagnostic {
+pub(crate) fn explain(
+    problem: &Problem<'_>,
+    request: &Request,
+    heaps: &[HeapInfo],
+    budget: u64,
+) -> Diagnostic {
     let mut ex = Explainer {
         problem,
         budget: budget.saturating_mul(20),
@@ -108,7 +121,10 @@ pub(crate) fn explain(problem: &Problem<'_>, request: &Request, heaps: &[HeapInf
         }
     }
     let minimal = converged && !ex.exhausted;
-    let mut conflicts: Vec<Conflict> = kept.iter().map(|a| describe(problem, request, *a)).collect();
+    let mut conflicts: Vec<Conflict> = kept
+        .iter()
+        .map(|a| describe(problem, request, *a))
+        .collect();
     let memory_involved = kept.iter().any(|a| {
         matches!(
             a,
@@ -132,9 +148,15 @@ pub(crate) fn explain(problem: &Problem<'_>, request: &Request, heaps: &[HeapInf
         });
     }
     if !minimal {
-        notes.push("the explanation ran out of search budget; the conflict list may not be minimal".into());
+        notes.push(
+            "the explanation ran out of search budget; the conflict list may not be minimal".into(),
+        );
     }
-    let split = if ex.exhausted { None } else { propose_split(&mut ex) };
+    let split = if ex.exhausted {
+        None
+    } else {
+        propose_split(&mut ex)
+    };
     Diagnostic {
         conflicts,
         minimal,
@@ -255,7 +277,11 @@ fn value_of(set: &ConstraintSet, kind: ConstraintKind, request: &Request, covers
             let mut items: Vec<String> = set
                 .formats
                 .iter()
-                .flat_map(|f| f.effective_modifiers().iter().map(move |m| format!("{}:{m}", f.fourcc)))
+                .flat_map(|f| {
+                    f.effective_modifiers()
+                        .iter()
+                        .map(move |m| format!("{}:{m}", f.fourcc))
+                })
                 .collect();
             let more = items.len().saturating_sub(8);
             items.truncate(8);
@@ -280,15 +306,23 @@ fn value_of(set: &ConstraintSet, kind: ConstraintKind, request: &Request, covers
         ConstraintKind::ExactStride => l.exact_stride.to_string(),
         ConstraintKind::PlanesBackToBack => l.planes_back_to_back.to_string(),
         ConstraintKind::PlaneBaseAlignment => l.plane_base_alignment.to_string(),
-        ConstraintKind::MaxWidth => limit("request width", l.max_width.into(), request.width.into()),
-        ConstraintKind::MaxHeight => limit("request height", l.max_height.into(), request.height.into()),
+        ConstraintKind::MaxWidth => {
+            limit("request width", l.max_width.into(), request.width.into())
+        }
+        ConstraintKind::MaxHeight => {
+            limit("request height", l.max_height.into(), request.height.into())
+        }
         ConstraintKind::MaxStride => l.max_stride.to_string(),
         ConstraintKind::MaxSize => l.max_size.to_string(),
         ConstraintKind::MaxPlanes => l.max_planes.to_string(),
         ConstraintKind::Heaps => format!("[{}]", m.heaps.join(", ")),
         ConstraintKind::Contiguous => m.contiguous.to_string(),
         ConstraintKind::AddressBits => {
-            let window = if m.behind_iommu { "IOVA" } else { "physical address" };
+            let window = if m.behind_iommu {
+                "IOVA"
+            } else {
+                "physical address"
+            };
             format!(
                 "{} bits ({window} below {:#x})",
                 m.effective_address_bits(),
@@ -321,7 +355,14 @@ fn describe_heaps(heaps: &[HeapInfo]) -> String {
         .iter()
         .map(|h| {
             let mut props = vec![h.cache_mode.name().to_owned()];
-            props.push(if h.contiguous { "contiguous" } else { "scattered" }.into());
+            props.push(
+                if h.contiguous {
+                    "contiguous"
+                } else {
+                    "scattered"
+                }
+                .into(),
+            );
             if h.dmabuf {
                 props.push("dmabuf".into());
             }

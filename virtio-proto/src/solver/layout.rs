@@ -129,7 +129,11 @@ pub(crate) fn align_up(v: u64, a: u64) -> Option<u64> {
         return Some(v);
     }
     let r = v % a;
-    if r == 0 { Some(v) } else { v.checked_add(a - r) }
+    if r == 0 {
+        Some(v)
+    } else {
+        v.checked_add(a - r)
+    }
 }
 
 fn gcd(mut a: u64, mut b: u64) -> u64 {
@@ -142,6 +146,10 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
 /// Least common multiple (0 and 1 are neutral), or `None` on overflow.
 pub(crate) fn lcm(a: u64, b: u64) -> Option<u64> {
     let (a, b) = (a.max(1), b.max(1));
+    // Alignments are nearly always powers of two: the larger one is the answer.
+    if a.is_power_of_two() && b.is_power_of_two() {
+        return Some(a.max(b));
+    }
     (a / gcd(a, b)).checked_mul(b)
 }
 
@@ -274,9 +282,30 @@ mod tests {
 
     #[test]
     fn nv12_1080p_linear_unaligned_is_tight() {
-        let l = compute_layout(nv12(), Modifier::LINEAR, 1920, 1080, &LayoutRules::default()).unwrap();
-        assert_eq!(l.planes[0], PlaneLayout { offset: 0, stride: 1920, size: 1920 * 1080 });
-        assert_eq!(l.planes[1], PlaneLayout { offset: 1920 * 1080, stride: 1920, size: 1920 * 540 });
+        let l = compute_layout(
+            nv12(),
+            Modifier::LINEAR,
+            1920,
+            1080,
+            &LayoutRules::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            l.planes[0],
+            PlaneLayout {
+                offset: 0,
+                stride: 1920,
+                size: 1920 * 1080
+            }
+        );
+        assert_eq!(
+            l.planes[1],
+            PlaneLayout {
+                offset: 1920 * 1080,
+                stride: 1920,
+                size: 1920 * 540
+            }
+        );
         assert_eq!(l.size, 1920 * 1080 * 3 / 2);
     }
 
@@ -295,7 +324,14 @@ mod tests {
     #[test]
     fn x_tiled_rounds_stride_and_rows_to_tiles() {
         let xrgb: Fourcc = "XRGB8888".parse().unwrap();
-        let l = compute_layout(xrgb, Modifier::I915_X_TILED, 1366, 768, &LayoutRules::default()).unwrap();
+        let l = compute_layout(
+            xrgb,
+            Modifier::I915_X_TILED,
+            1366,
+            768,
+            &LayoutRules::default(),
+        )
+        .unwrap();
         assert_eq!(l.planes[0].stride, 5632); // 1366 * 4 = 5464 -> 11 tiles of 512
         assert_eq!(l.size, 5632 * 768);
     }
@@ -308,7 +344,14 @@ mod tests {
             ..LayoutRules::default()
         };
         let err = compute_layout(nv12(), Modifier::LINEAR, 1000, 100, &rules).unwrap_err();
-        assert!(matches!(err, LayoutError::ExactStride { plane: 0, stride: 1000, alignment: 64 }));
+        assert!(matches!(
+            err,
+            LayoutError::ExactStride {
+                plane: 0,
+                stride: 1000,
+                alignment: 64
+            }
+        ));
     }
 
     #[test]

@@ -38,6 +38,32 @@ pub(crate) struct Alt<'a> {
     heap_mask: u32,
     /// Rank of each allowed heap in this alternative's list.
     heap_rank: Vec<(usize, u16)>,
+    /// Accepted `(fourcc, modifier)` keys with their rank, sorted by key; `None` when the set
+    /// lists no formats (any format, linear).
+    pairs: Option<Vec<(u128, u16)>>,
+}
+
+/// A sortable key of a (format, modifier) pair.
+fn pair_key(fourcc: Fourcc, modifier: Modifier) -> u128 {
+    (u128::from(fourcc.0) << 64) | u128::from(modifier.0)
+}
+
+fn sorted_pairs(set: &ConstraintSet) -> Option<Vec<(u128, u16)>> {
+    if set.formats.is_empty() {
+        return None;
+    }
+    let mut pairs = Vec::with_capacity(set.formats.len() * 2);
+    let mut rank = 0u16;
+    for fm in &set.formats {
+        for &m in fm.effective_modifiers() {
+            pairs.push((pair_key(fm.fourcc, m), rank));
+            rank = rank.saturating_add(1);
+        }
+    }
+    // Keep the best rank of a pair listed twice.
+    pairs.sort_unstable();
+    pairs.dedup_by_key(|&mut (k, _)| k);
+    Some(pairs)
 }
 
 /// One participant, prepared.
@@ -108,7 +134,12 @@ impl<'a> Problem<'a> {
     /// Prepares `request` (already checked against the limits).
     pub fn new(request: &'a Request, heaps: &'a [HeapInfo]) -> Result<Self, SolveError> {
         let mut order: Vec<usize> = (0..request.participants.len()).collect();
-        order.sort_by(|&a, &b| request.participants.get(a).cmp(&request.participants.get(b)));
+        order.sort_by(|&a, &b| {
+            request
+                .participants
+                .get(a)
+                .cmp(&request.participants.get(b))
+        });
         let mut ignored = Vec::new();
         let mut participants = Vec::with_capacity(order.len());
         let mut usage = request.usage;
@@ -148,6 +179,7 @@ impl<'a> Problem<'a> {
                     protected_usage: p.usage.contains(Usage::PROTECTED),
                     heap_mask,
                     heap_rank,
+                    pairs: sorted_pairs(set),
                 });
             }
             if alts.is_empty() {
@@ -194,7 +226,10 @@ impl<'a> Problem<'a> {
             for alt in &p.alts {
                 for fm in &alt.set.formats {
                     if FormatInfo::lookup(fm.fourcc).is_err() && seen.insert((fm.fourcc.0, 0u64)) {
-                        notes.push(format!("{} lists unknown format {}; skipped", p.label, fm.fourcc));
+                        notes.push(format!(
+                            "{} lists unknown format {}; skipped",
+                            p.label, fm.fourcc
+                        ));
                     }
                     for &m in fm.effective_modifiers() {
                         if ModifierInfo::lookup(m).is_err() && seen.insert((0, m.0)) {
@@ -253,7 +288,11 @@ impl<'a> Problem<'a> {
         }
         if any {
             if req_formats.is_empty() || relax_request_formats {
-                pairs.extend(FormatInfo::all().iter().map(|i| (i.fourcc, Modifier::LINEAR)));
+                pairs.extend(
+                    FormatInfo::all()
+                        .iter()
+                        .map(|i| (i.fourcc, Modifier::LINEAR)),
+                );
             }
             pairs.extend(req_formats.iter().map(|&f| (f, Modifier::LINEAR)));
         }
@@ -297,53 +336,85 @@ impl<'a> Problem<'a> {
         max_plans: usize,
         budget: &mut u64,
     ) -> Result<Vec<Plan>, SolveError> {
-        let mut found: Vec<(PlanKey, Plan)> = Vec::new();
-        for cand in self.candidates(relax, relax_request_formats) {
-            if let Some(found_one) =
-                self.best_for_candidate(&cand, relax, relax_request_formats, subset, budget)?
-            {
-                found.push(found_one);
+        let cands = self.candidates(relax, relax_request_formats);
+        let ranks = RankTable::new(self, &cands, relax);
+        let mut scratch = Scratch::default();
+        let mut found: Vec<Found> = Vec::new();
+        for (ci, cand) in cands.iter().enumerate() {
+            if let Some(f) = self.best_for_candidate(ci, cand, &ranks, relax, subset, &mut scratch, budget)? {
+                found.push(f);
             }
         }
-        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found.sort_by_key(|f| f.key);
         found.truncate(max_plans);
-        Ok(found.into_iter().map(|(_, p)| p).collect())
+        Ok(found
+            .into_iter()
+            .filter_map(|f| self.materialize(f, &cands))
+            .collect())
     }
 
+    /// Turns a search result into a plan.
+    fn materialize(&self, f: Found, cands: &[Candidate]) -> Option<Plan> {
+        let cand = cands.get(f.candidate)?;
+        let heap = self.heaps.get(f.heap)?;
+        let mut alternatives = vec![0u32; self.request.participants.len()];
+        for (k, p) in self.participants.iter().enumerate() {
+            if let (Some(slot), Some(&a)) = (alternatives.get_mut(p.index), f.picked.get(k)) {
+                *slot = a;
+            }
+        }
+        Some(Plan {
+            fourcc: cand.fourcc,
+            modifier: cand.modifier,
+            width: self.request.width,
+            height: self.request.height,
+            planes: f.layout.planes,
+            size: f.layout.size,
+            alignment: f.layout.alignment,
+            heap: heap.name.clone(),
+            cache_mode: heap.cache_mode,
+            contiguous: f.contiguous || heap.contiguous,
+            address_bits: f.address_bits,
+            coherent: f.coherent,
+            usage: self.usage,
+            alternatives,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn best_for_candidate(
         &self,
+        ci: usize,
         cand: &Candidate,
+        ranks: &RankTable,
         relax: &[u32],
-        relax_request_formats: bool,
         subset: Option<u32>,
+        scratch: &mut Scratch,
         budget: &mut u64,
-    ) -> Result<Option<(PlanKey, Plan)>, SolveError> {
+    ) -> Result<Option<Found>, SolveError> {
         // For each participant, its alternatives that accept the candidate, with the rank of
         // the candidate in that alternative's list.
-        let mut choices: Vec<(usize, Vec<(&Alt<'_>, u16)>)> = Vec::with_capacity(self.participants.len());
+        scratch.choices.clear();
+        scratch.spans.clear();
         for (k, p) in self.participants.iter().enumerate() {
             if subset.is_some_and(|s| s & (1 << k) == 0) {
                 continue;
             }
             let mask = relax.get(k).copied().unwrap_or(0);
-            let mut list = Vec::with_capacity(p.alts.len());
-            for alt in &p.alts {
+            let start = scratch.choices.len();
+            for (ai, alt) in p.alts.iter().enumerate() {
                 if !alt.covers_usage && !is_relaxed(mask, ConstraintKind::Usage) {
                     continue;
                 }
-                let rank = if is_relaxed(mask, ConstraintKind::Formats) {
-                    0
-                } else {
-                    accept_rank(alt.set, cand.fourcc, cand.modifier)
-                };
+                let rank = ranks.get(k, ai, ci);
                 if rank != NO_RANK {
-                    list.push((alt, rank));
+                    scratch.choices.push((ai, rank));
                 }
             }
-            if list.is_empty() {
+            if scratch.choices.len() == start {
                 return Ok(None);
             }
-            choices.push((k, list));
+            scratch.spans.push((k, start, scratch.choices.len()));
         }
         let request_rank = if self.request.formats.is_empty() {
             0
@@ -354,40 +425,187 @@ impl<'a> Problem<'a> {
                 .position(|&f| f == cand.fourcc)
                 .unwrap_or(self.request.formats.len()) as u32
         };
-        let _ = relax_request_formats;
         // Lower bounds of the remaining choices, for pruning.
-        let mut min_rest = vec![(0u32, 0u32); choices.len() + 1];
-        for i in (0..choices.len()).rev() {
-            let (a, r) = choices
-                .get(i)
-                .and_then(|(_, l)| l.iter().map(|(alt, rank)| (alt.index, u32::from(*rank))).min())
+        scratch.min_rest.clear();
+        scratch.min_rest.resize(scratch.spans.len() + 1, (0, 0));
+        for i in (0..scratch.spans.len()).rev() {
+            let (k, start, end) = scratch.spans.get(i).copied().unwrap_or((0, 0, 0));
+            let alts = self.participants.get(k).map(|p| &p.alts[..]).unwrap_or(&[]);
+            let (a, r) = scratch
+                .choices
+                .get(start..end)
+                .unwrap_or(&[])
+                .iter()
+                .map(|&(ai, rank)| (alts.get(ai).map_or(0, |a| a.index), u32::from(rank)))
+                .min()
                 .unwrap_or((0, 0));
-            let (ra, rr) = min_rest.get(i + 1).copied().unwrap_or((0, 0));
-            if let Some(slot) = min_rest.get_mut(i) {
+            let (ra, rr) = scratch.min_rest.get(i + 1).copied().unwrap_or((0, 0));
+            if let Some(slot) = scratch.min_rest.get_mut(i) {
                 *slot = (a + ra, r + rr);
+            }
+        }
+        scratch.picked.clear();
+        scratch.picked.resize(self.participants.len(), 0);
+        let mut merged = Merged::start(self.heaps.len());
+        merged.protected = self.request.usage.contains(Usage::PROTECTED);
+        // Fast path: every participant's first acceptable alternative. Its key is a lower
+        // bound for every other choice, so if it works it is the best. The merged rules do
+        // not depend on the candidate, so consecutive candidates with the same first choices
+        // reuse them.
+        scratch.first.clear();
+        scratch.first.extend(
+            scratch
+                .spans
+                .iter()
+                .map(|&(k, start, _)| (k, scratch.choices.get(start).map_or(0, |c| c.0))),
+        );
+        if scratch.cached_first != scratch.first || scratch.cached_merged.is_none() {
+            let mut m = merged.clone();
+            let mut ok = true;
+            for &(k, ai) in &scratch.first {
+                let mask = relax.get(k).copied().unwrap_or(0);
+                match self.participants.get(k).and_then(|p| p.alts.get(ai)) {
+                    Some(alt) if ok => ok = m.add(alt, 0, mask, self),
+                    _ => ok = false,
+                }
+            }
+            scratch.cached_first.clone_from(&scratch.first);
+            scratch.cached_merged = Some(ok.then_some(m));
+        }
+        if let Some(Some(first)) = &scratch.cached_merged {
+            let mut first = first.clone();
+            let (alt_sum, rank_sum) = scratch.min_rest.first().copied().unwrap_or((0, 0));
+            first.alt_sum = alt_sum;
+            first.rank_sum = rank_sum;
+            for &(k, ai) in &scratch.first {
+                let index = self.participants.get(k).and_then(|p| p.alts.get(ai)).map_or(0, |a| a.index);
+                if let Some(slot) = scratch.picked.get_mut(k) {
+                    *slot = index;
+                }
+            }
+            let mut search = Search {
+                problem: self,
+                cand,
+                candidate: ci,
+                relax,
+                choices: &scratch.choices,
+                spans: &scratch.spans,
+                min_rest: &scratch.min_rest,
+                picked: &mut scratch.picked,
+                best: None,
+                prune_layout: false,
+                budget,
+            };
+            search.leaf(&first);
+            if let Some(mut f) = search.best {
+                f.key.request_rank = request_rank;
+                return Ok(Some(f));
             }
         }
         let mut search = Search {
             problem: self,
             cand,
+            candidate: ci,
             relax,
-            choices: &choices,
-            min_rest: &min_rest,
-            picked: vec![0u32; self.participants.len()],
+            choices: &scratch.choices,
+            spans: &scratch.spans,
+            min_rest: &scratch.min_rest,
+            picked: &mut scratch.picked,
             best: None,
             prune_layout: false,
             budget,
         };
-        let mut merged = Merged::start(self.heaps.len());
-        merged.protected = self.request.usage.contains(Usage::PROTECTED);
         search.dfs(0, merged)?;
-        Ok(search.best.map(|(key, plan)| {
-            let key = PlanKey {
-                request_rank,
-                ..key
-            };
-            (key, plan)
+        Ok(search.best.map(|mut f| {
+            f.key.request_rank = request_rank;
+            f
         }))
+    }
+}
+
+/// Reusable buffers of the per-candidate search.
+#[derive(Default)]
+struct Scratch {
+    /// `(alternative position, rank)` of every participant, back to back.
+    choices: Vec<(usize, u16)>,
+    /// `(participant, start, end)` into `choices`.
+    spans: Vec<(usize, usize, usize)>,
+    min_rest: Vec<(u32, u32)>,
+    picked: Vec<u32>,
+    /// `(participant, alternative position)` of the first choices of this candidate.
+    first: Vec<(usize, usize)>,
+    /// The first choices whose merge is cached.
+    cached_first: Vec<(usize, usize)>,
+    /// Their merged rules (`Some(None)` when infeasible).
+    cached_merged: Option<Option<Merged>>,
+}
+
+/// Rank of every candidate in every alternative, built by merging sorted lists.
+struct RankTable {
+    /// First row of each participant.
+    rows: Vec<usize>,
+    candidates: usize,
+    ranks: Vec<u16>,
+}
+
+impl RankTable {
+    fn new(problem: &Problem<'_>, cands: &[Candidate], relax: &[u32]) -> Self {
+        let n = cands.len();
+        let mut rows = Vec::with_capacity(problem.participants.len());
+        let mut total = 0usize;
+        for p in &problem.participants {
+            rows.push(total);
+            total += p.alts.len();
+        }
+        let mut ranks = vec![NO_RANK; total.saturating_mul(n)];
+        for (k, p) in problem.participants.iter().enumerate() {
+            let relaxed = is_relaxed(relax.get(k).copied().unwrap_or(0), ConstraintKind::Formats);
+            for (ai, alt) in p.alts.iter().enumerate() {
+                let base = (rows.get(k).copied().unwrap_or(0) + ai) * n;
+                let Some(row) = ranks.get_mut(base..base + n) else {
+                    continue;
+                };
+                if relaxed {
+                    row.fill(0);
+                    continue;
+                }
+                match &alt.pairs {
+                    None => {
+                        for (slot, c) in row.iter_mut().zip(cands) {
+                            if c.modifier == Modifier::LINEAR {
+                                *slot = 0;
+                            }
+                        }
+                    }
+                    Some(pairs) => {
+                        // Both lists are sorted by key: one merge pass.
+                        let mut pi = pairs.iter().peekable();
+                        for (slot, c) in row.iter_mut().zip(cands) {
+                            let key = pair_key(c.fourcc, c.modifier);
+                            while pi.next_if(|&&(k, _)| k < key).is_some() {}
+                            if let Some(&&(k, r)) = pi.peek() {
+                                if k == key {
+                                    *slot = r;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        RankTable {
+            rows,
+            candidates: n,
+            ranks,
+        }
+    }
+
+    fn get(&self, participant: usize, alt: usize, candidate: usize) -> u16 {
+        let row = self.rows.get(participant).copied().unwrap_or(0) + alt;
+        self.ranks
+            .get(row * self.candidates + candidate)
+            .copied()
+            .unwrap_or(NO_RANK)
     }
 }
 
@@ -403,26 +621,47 @@ struct PlanKey {
     modifier: u64,
 }
 
+/// The best choice found for one candidate.
+struct Found {
+    key: PlanKey,
+    candidate: usize,
+    layout: super::layout::Layout,
+    heap: usize,
+    picked: Vec<u32>,
+    contiguous: bool,
+    coherent: bool,
+    address_bits: u8,
+}
+
 struct Search<'s, 'a> {
     problem: &'s Problem<'a>,
     cand: &'s Candidate,
+    candidate: usize,
     relax: &'s [u32],
-    choices: &'s [(usize, Vec<(&'s Alt<'a>, u16)>)],
+    choices: &'s [(usize, u16)],
+    spans: &'s [(usize, usize, usize)],
     min_rest: &'s [(u32, u32)],
-    picked: Vec<u32>,
-    best: Option<(PlanKey, Plan)>,
+    picked: &'s mut Vec<u32>,
+    best: Option<Found>,
     prune_layout: bool,
     budget: &'s mut u64,
 }
 
 impl Search<'_, '_> {
     fn dfs(&mut self, depth: usize, merged: Merged) -> Result<(), SolveError> {
-        let Some((k, list)) = self.choices.get(depth) else {
+        let Some(&(k, start, end)) = self.spans.get(depth) else {
             self.leaf(&merged);
             return Ok(());
         };
-        let mask = self.relax.get(*k).copied().unwrap_or(0);
-        for &(alt, rank) in list {
+        let mask = self.relax.get(k).copied().unwrap_or(0);
+        let Some(p) = self.problem.participants.get(k) else {
+            return Ok(());
+        };
+        let choices = self.choices.get(start..end).unwrap_or(&[]);
+        for &(ai, rank) in choices {
+            let Some(alt) = p.alts.get(ai) else {
+                continue;
+            };
             if *self.budget == 0 {
                 return Err(SolveError::BudgetExceeded(0));
             }
@@ -432,19 +671,19 @@ impl Search<'_, '_> {
                 merged.alt_sum + alt.index + rest_a,
                 merged.rank_sum + u32::from(rank) + rest_r,
             );
-            if let Some((best, _)) = &self.best {
-                if bound > (best.alt_sum, best.rank_sum) {
+            if let Some(best) = &self.best {
+                if bound > (best.key.alt_sum, best.key.rank_sum) {
                     continue;
                 }
             }
             let mut next = merged.clone();
-            if !next.add(alt, rank, mask, self.problem, self.cand) {
+            if !next.add(alt, rank, mask, self.problem) {
                 continue;
             }
-            if self.prune_layout && depth + 1 < self.choices.len() && self.layout(&next).is_none() {
+            if self.prune_layout && depth + 1 < self.spans.len() && self.layout(&next).is_none() {
                 continue;
             }
-            if let Some(slot) = self.picked.get_mut(*k) {
+            if let Some(slot) = self.picked.get_mut(k) {
                 *slot = alt.index;
             }
             self.dfs(depth + 1, next)?;
@@ -457,7 +696,14 @@ impl Search<'_, '_> {
         if u64::from(r.width) > merged.max_width || u64::from(r.height) > merged.max_height {
             return None;
         }
-        compute_layout_with(self.cand.info, &self.cand.modifier_info, r.width, r.height, &merged.rules).ok()
+        compute_layout_with(
+            self.cand.info,
+            &self.cand.modifier_info,
+            r.width,
+            r.height,
+            &merged.rules,
+        )
+        .ok()
     }
 
     fn leaf(&mut self, merged: &Merged) {
@@ -465,8 +711,7 @@ impl Search<'_, '_> {
             self.prune_layout = true;
             return;
         };
-        let request = self.problem.request;
-        let count = u64::from(request.count.max(1));
+        let count = u64::from(self.problem.request.count.max(1));
         let Some(total) = layout.size.checked_mul(count) else {
             return;
         };
@@ -477,7 +722,7 @@ impl Search<'_, '_> {
         if merged.phys_bits < 64 && layout.size > 1u64 << merged.phys_bits {
             return;
         }
-        let Some((heap, cache_mode)) = merged.pick_heap(self.problem.heaps, layout.size) else {
+        let Some(heap) = merged.pick_heap(self.problem.heaps, layout.size) else {
             self.prune_layout = true;
             return;
         };
@@ -489,38 +734,29 @@ impl Search<'_, '_> {
             fourcc: self.cand.fourcc.0,
             modifier: self.cand.modifier.0,
         };
-        if self.best.as_ref().is_some_and(|(b, _)| *b <= key) {
+        if self.best.as_ref().is_some_and(|b| b.key <= key) {
             return;
         }
-        let mut alternatives = vec![0u32; request.participants.len()];
-        for (k, p) in self.problem.participants.iter().enumerate() {
-            if let (Some(slot), Some(&a)) = (alternatives.get_mut(p.index), self.picked.get(k)) {
-                *slot = a;
-            }
-        }
-        let plan = Plan {
-            fourcc: self.cand.fourcc,
-            modifier: self.cand.modifier,
-            width: request.width,
-            height: request.height,
-            planes: layout.planes,
-            size: layout.size,
-            alignment: layout.alignment,
-            heap: heap.name.clone(),
-            cache_mode,
-            contiguous: merged.contiguous || heap.contiguous,
-            address_bits: merged.min_bits,
+        self.best = Some(Found {
+            key,
+            candidate: self.candidate,
+            layout,
+            heap,
+            picked: self.picked.clone(),
+            contiguous: merged.contiguous,
             coherent: merged.coherent,
-            usage: self.problem.usage,
-            alternatives,
-        };
-        self.best = Some((key, plan));
+            address_bits: merged.min_bits,
+        });
     }
 }
 
 impl Merged {
     fn start(heaps: usize) -> Self {
-        let heap_mask = if heaps >= 32 { u32::MAX } else { (1u32 << heaps) - 1 };
+        let heap_mask = if heaps >= 32 {
+            u32::MAX
+        } else {
+            (1u32 << heaps) - 1
+        };
         Merged {
             rules: LayoutRules::default(),
             max_width: u64::MAX,
@@ -541,7 +777,7 @@ impl Merged {
     }
 
     /// Merges one alternative; false when the result is already infeasible.
-    fn add(&mut self, alt: &Alt<'_>, rank: u16, mask: u32, problem: &Problem<'_>, cand: &Candidate) -> bool {
+    fn add(&mut self, alt: &Alt<'_>, rank: u16, mask: u32, problem: &Problem<'_>) -> bool {
         use ConstraintKind as K;
         let on = |k: K| !is_relaxed(mask, k);
         let l = &alt.set.layout;
@@ -583,7 +819,11 @@ impl Merged {
         let limit = |v: u64| if v == 0 { u64::MAX } else { v };
         if on(K::ExactStride) && l.exact_stride {
             // The stride this participant derives from its own view of the width.
-            let own = if on(K::WidthAlignment) { u64::from(l.width_alignment).max(1) } else { 1 };
+            let own = if on(K::WidthAlignment) {
+                u64::from(l.width_alignment).max(1)
+            } else {
+                1
+            };
             let width = u64::from(problem.request.width);
             if r.exact_stride && align_up(width, own) != align_up(width, r.exact_width_alignment) {
                 return false;
@@ -602,9 +842,6 @@ impl Merged {
         }
         if on(K::MaxPlanes) {
             r.max_planes = r.max_planes.min(limit(l.max_planes.into()));
-            if cand.info.planes.len() as u64 > r.max_planes {
-                return false;
-            }
         }
         if on(K::MaxWidth) {
             self.max_width = self.max_width.min(limit(l.max_width.into()));
@@ -642,10 +879,18 @@ impl Merged {
             self.cache_modes &= m.cache_modes.iter().fold(0, |acc, &c| acc | cache_bit(c));
         }
         if on(K::AddressBits) || on(K::IovaRanges) {
-            let bits = if on(K::AddressBits) { m.effective_address_bits() } else { 64 };
+            let bits = if on(K::AddressBits) {
+                m.effective_address_bits()
+            } else {
+                64
+            };
             self.min_bits = self.min_bits.min(bits);
             if m.behind_iommu {
-                let ranges = if on(K::IovaRanges) { &m.iova_ranges[..] } else { &[] };
+                let ranges = if on(K::IovaRanges) {
+                    &m.iova_ranges[..]
+                } else {
+                    &[]
+                };
                 self.iova_capacity = self.iova_capacity.min(iova_capacity(bits, ranges));
             } else {
                 self.phys_bits = self.phys_bits.min(bits);
@@ -655,7 +900,7 @@ impl Merged {
     }
 
     /// The best heap that meets the merged memory rules, with the CPU cache mode it gives.
-    fn pick_heap<'h>(&self, heaps: &'h [HeapInfo], size: u64) -> Option<(&'h HeapInfo, CacheMode)> {
+    fn pick_heap(&self, heaps: &[HeapInfo], size: u64) -> Option<usize> {
         let mut best: Option<(u32, usize)> = None;
         for (i, h) in heaps.iter().enumerate() {
             if i >= 32 || self.heap_mask & (1 << i) == 0 {
@@ -676,14 +921,18 @@ impl Merged {
                 best = Some((rank, i));
             }
         }
-        best.and_then(|(_, i)| heaps.get(i)).map(|h| (h, h.cache_mode))
+        best.map(|(_, i)| i)
     }
 }
 
 /// Largest buffer (in bytes) the IOVA space of a device can hold: the biggest usable range
 /// below `2^bits`.
 pub(crate) fn iova_capacity(bits: u8, ranges: &[crate::constraint::AddressRange]) -> u64 {
-    let top = if bits >= 64 { u64::MAX } else { (1u64 << bits) - 1 };
+    let top = if bits >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    };
     if ranges.is_empty() {
         return top.saturating_add(1).max(top);
     }
@@ -715,25 +964,6 @@ fn heap_prefs(set: &ConstraintSet, heaps: &[HeapInfo]) -> (u32, Vec<(usize, u16)
         }
     }
     (mask, ranks)
-}
-
-/// Rank of `(fourcc, modifier)` in `set`'s list (format order, then modifier order), or
-/// [`NO_RANK`] when the set does not accept it. An empty list accepts any format, linear.
-fn accept_rank(set: &ConstraintSet, fourcc: Fourcc, modifier: Modifier) -> u16 {
-    if set.formats.is_empty() {
-        return if modifier == Modifier::LINEAR { 0 } else { NO_RANK };
-    }
-    let mut rank = 0u16;
-    for fm in &set.formats {
-        let mods = fm.effective_modifiers();
-        if fm.fourcc == fourcc {
-            if let Some(pos) = mods.iter().position(|&m| m == modifier) {
-                return rank.saturating_add(pos as u16);
-            }
-        }
-        rank = rank.saturating_add(mods.len() as u16);
-    }
-    NO_RANK
 }
 
 /// Number of planes a format can have at most; used by the checker.
