@@ -9,7 +9,13 @@ const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/participants
 fn solve(args: &[&str]) -> Output {
     let args: Vec<String> = args
         .iter()
-        .map(|a| if a.ends_with(".toml") { format!("{DIR}{a}") } else { (*a).to_owned() })
+        .map(|a| {
+            if a.ends_with(".toml") {
+                format!("{DIR}{a}")
+            } else {
+                (*a).to_owned()
+            }
+        })
         .collect();
     Command::new(BIN)
         .arg("solve")
@@ -40,21 +46,43 @@ fn first_plan(out: &str) -> Vec<String> {
 
 #[test]
 fn camera_and_cpu_1080p_uses_cma() {
-    let o = solve(&["camera.toml", "cpu.toml", "--request", "request-1080p-nv12.toml"]);
+    let o = solve(&[
+        "camera.toml",
+        "cpu.toml",
+        "--request",
+        "request-1080p-nv12.toml",
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     let out = stdout(&o);
     let plan = first_plan(&out);
-    assert_eq!(&plan[1..7], ["NV12", "LINEAR", "3110400", "linux,cma", "cached", "yes"]);
-    assert_lines(&out, &["rkisp1 camera:0, CPU:0", "plane 1: offset   2073600  stride   1920"]);
+    assert_eq!(
+        &plan[1..7],
+        ["NV12", "LINEAR", "3110400", "linux,cma", "cached", "yes"]
+    );
+    assert_lines(
+        &out,
+        &[
+            "rkisp1 camera:0, CPU:0",
+            "plane 1: offset   2073600  stride   1920",
+        ],
+    );
 }
 
 #[test]
 fn camera_and_display_1080p_picks_linear_nv12_plane() {
-    let o = solve(&["camera.toml", "gpu-display.toml", "--request", "request-1080p-nv12.toml"]);
+    let o = solve(&[
+        "camera.toml",
+        "gpu-display.toml",
+        "--request",
+        "request-1080p-nv12.toml",
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     let out = stdout(&o);
     let plan = first_plan(&out);
-    assert_eq!(&plan[1..7], ["NV12", "LINEAR", "3110400", "linux,cma", "cached", "yes"]);
+    assert_eq!(
+        &plan[1..7],
+        ["NV12", "LINEAR", "3110400", "linux,cma", "cached", "yes"]
+    );
     assert_lines(&out, &["rkisp1 camera:0, i915 TGL plane:3"]);
 }
 
@@ -73,16 +101,31 @@ fn decoder_display_cpu_1080p_nv12_then_p010() {
     let out = stdout(&o);
     let plan = first_plan(&out);
     // 1080 rows rounded up to 1088 (16-row macroblocks): 1920 * 1088 * 3 / 2.
-    assert_eq!(&plan[1..7], ["NV12", "LINEAR", "3133440", "linux,cma", "cached", "yes"]);
-    assert_lines(&out, &[" 2  P010      LINEAR                    6266880  linux,cma"]);
+    assert_eq!(
+        &plan[1..7],
+        ["NV12", "LINEAR", "3133440", "linux,cma", "cached", "yes"]
+    );
+    assert_lines(
+        &out,
+        &[" 2  P010      LINEAR                    6266880  linux,cma"],
+    );
 }
 
 #[test]
 fn display_vfio_cpu_4k_uses_a_dmabuf_heap() {
-    let o = solve(&["gpu-display.toml", "vfio-dma32.toml", "cpu.toml", "--request", "request-4k-xrgb.toml"]);
+    let o = solve(&[
+        "gpu-display.toml",
+        "vfio-dma32.toml",
+        "cpu.toml",
+        "--request",
+        "request-4k-xrgb.toml",
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
     let plan = first_plan(&stdout(&o));
-    assert_eq!(&plan[1..7], ["XRGB8888", "LINEAR", "33177600", "udmabuf", "cached", "no"]);
+    assert_eq!(
+        &plan[1..7],
+        ["XRGB8888", "LINEAR", "33177600", "udmabuf", "cached", "no"]
+    );
 }
 
 #[test]
@@ -95,7 +138,12 @@ fn edu_and_cpu_eight_4k_buffers_fit_256_mib() {
 
 #[test]
 fn camera_and_display_5mp_conflict_on_stride() {
-    let o = solve(&["camera.toml", "gpu-display.toml", "--request", "request-5mp-nv12.toml"]);
+    let o = solve(&[
+        "camera.toml",
+        "gpu-display.toml",
+        "--request",
+        "request-5mp-nv12.toml",
+    ]);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     let out = stdout(&o);
     assert_lines(
@@ -142,7 +190,14 @@ fn contiguous_camera_without_cma_is_unsatisfiable() {
 
 #[test]
 fn edu_window_cannot_hold_nine_4k_buffers() {
-    let o = solve(&["edu.toml", "cpu.toml", "--request", "request-4k-xrgb.toml", "--count", "9"]);
+    let o = solve(&[
+        "edu.toml",
+        "cpu.toml",
+        "--request",
+        "request-4k-xrgb.toml",
+        "--count",
+        "9",
+    ]);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     assert_lines(
         &stdout(&o),
@@ -156,7 +211,17 @@ fn edu_window_cannot_hold_nine_4k_buffers() {
 
 #[test]
 fn json_output_names_the_conflicts() {
-    let o = solve(&["camera.toml", "cpu.toml", "--request", "request-1080p-nv12.toml", "--heap", "memfd", "--heap", "system", "--json"]);
+    let o = solve(&[
+        "camera.toml",
+        "cpu.toml",
+        "--request",
+        "request-1080p-nv12.toml",
+        "--heap",
+        "memfd",
+        "--heap",
+        "system",
+        "--json",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(v["result"], "unsatisfiable");
@@ -175,7 +240,14 @@ fn unknown_field_is_bad_input_naming_file_line_and_field() {
     )
     .unwrap();
     let o = Command::new(BIN)
-        .args(["solve", path.to_str().unwrap(), "--width", "64", "--height", "64"])
+        .args([
+            "solve",
+            path.to_str().unwrap(),
+            "--width",
+            "64",
+            "--height",
+            "64",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);

@@ -1,7 +1,12 @@
 //! Solver benchmarks: participants × format/modifier candidates × alternatives, and the
 //! single-participant layout query.
 
-#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing
+)]
 
 use std::hint::black_box;
 
@@ -75,7 +80,9 @@ fn request(participants: usize, candidates: usize) -> Request {
         height: 1080,
         formats: vec![],
         usage: Usage::empty(),
-        participants: (0..participants).map(|i| participant(i, candidates)).collect(),
+        participants: (0..participants)
+            .map(|i| participant(i, candidates))
+            .collect(),
         count: 1,
     }
 }
@@ -112,7 +119,11 @@ fn bench_cpu_query(c: &mut Criterion) {
         ..SolveOptions::default()
     };
     let mut group = c.benchmark_group("cpu_linear_query");
-    for (name, w, h) in [("NV12", 1920, 1080), ("XRGB8888", 1920, 1080), ("P010", 3840, 2160)] {
+    for (name, w, h) in [
+        ("NV12", 1920, 1080),
+        ("XRGB8888", 1920, 1080),
+        ("P010", 3840, 2160),
+    ] {
         let r = Request {
             width: w,
             height: h,
@@ -136,7 +147,10 @@ fn bench_cpu_query(c: &mut Criterion) {
 fn bench_unsatisfiable(c: &mut Criterion) {
     let heaps = heaps();
     let mut r = request(4, 16);
-    r.participants[0].alternatives.iter_mut().for_each(|a| a.layout.max_width = 1280);
+    r.participants[0]
+        .alternatives
+        .iter_mut()
+        .for_each(|a| a.layout.max_width = 1280);
     let options = SolveOptions::default();
     assert!(solve_with(&r, &heaps, &options).is_err());
     c.bench_function("explain/4p_16c_x3alt", |b| {

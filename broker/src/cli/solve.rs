@@ -256,11 +256,27 @@ fn render_solution(
 }
 
 fn render_plan(out: &mut String, rank: usize, request: &Request, plan: &Plan) {
-    let alts: Vec<String> = request
-        .participants
+    let everyone: Vec<u32> = (0..request.participants.len() as u32).collect();
+    render_group_plan(out, rank, request, &everyone, plan);
+}
+
+/// Renders a plan whose `alternatives` follow `members` (participant indices).
+fn render_group_plan(
+    out: &mut String,
+    rank: usize,
+    request: &Request,
+    members: &[u32],
+    plan: &Plan,
+) {
+    let alts: Vec<String> = members
         .iter()
         .zip(&plan.alternatives)
-        .map(|(p, a)| format!("{}:{a}", p.label))
+        .filter_map(|(&i, a)| {
+            request
+                .participants
+                .get(i as usize)
+                .map(|p| format!("{}:{a}", p.label))
+        })
         .collect();
     let _ = writeln!(
         out,
@@ -332,9 +348,9 @@ fn render_diagnostic(
             "\nsplit proposal: two buffers joined by a copy (shadow buffer)"
         );
         let _ = writeln!(out, "  group 1: {}", names(&split.first));
-        render_plan(&mut out, 1, request, &split.first_plan);
+        render_group_plan(&mut out, 1, request, &split.first, &split.first_plan);
         let _ = writeln!(out, "  group 2: {}", names(&split.second));
-        render_plan(&mut out, 2, request, &split.second_plan);
+        render_group_plan(&mut out, 2, request, &split.second, &split.second_plan);
     } else {
         let _ = writeln!(out, "\nno split into two solvable groups exists");
     }

@@ -125,20 +125,17 @@ pub(crate) fn explain(
         .iter()
         .map(|a| describe(problem, request, *a))
         .collect();
-    let memory_involved = kept.iter().any(|a| {
-        matches!(
-            a,
-            Atom::Participant(
-                _,
-                ConstraintKind::Heaps
-                    | ConstraintKind::Contiguous
-                    | ConstraintKind::AddressBits
-                    | ConstraintKind::Coherent
-                    | ConstraintKind::CacheModes
-                    | ConstraintKind::Protected
-                    | ConstraintKind::Dmabuf
-            )
-        )
+    // The heaps take part when a rule that only a heap can meet is named. An address width
+    // behind an IOMMU limits the IOVA window, which no heap can widen.
+    let memory_involved = kept.iter().any(|a| match *a {
+        Atom::Participant(_, ConstraintKind::Heaps | ConstraintKind::Contiguous)
+        | Atom::Participant(_, ConstraintKind::Coherent | ConstraintKind::CacheModes)
+        | Atom::Participant(_, ConstraintKind::Protected | ConstraintKind::Dmabuf) => true,
+        Atom::Participant(k, ConstraintKind::AddressBits) => problem
+            .participants
+            .get(k)
+            .is_some_and(|p| p.alts.iter().any(|alt| !alt.set.memory.behind_iommu)),
+        _ => false,
     });
     if memory_involved || kept.is_empty() {
         conflicts.push(Conflict {
@@ -445,6 +442,15 @@ fn propose_split(ex: &mut Explainer<'_, '_>) -> Option<SplitProposal> {
         std::mem::swap(&mut first, &mut second);
         std::mem::swap(&mut first_plan, &mut second_plan);
     }
+    // A group's plan lists the alternatives of its own members only, in group order.
+    let own = |plan: &mut crate::plan::Plan, members: &[u32]| {
+        plan.alternatives = members
+            .iter()
+            .map(|&i| plan.alternatives.get(i as usize).copied().unwrap_or(0))
+            .collect();
+    };
+    own(&mut first_plan, &first);
+    own(&mut second_plan, &second);
     Some(SplitProposal {
         first,
         second,

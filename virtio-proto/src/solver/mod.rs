@@ -277,9 +277,10 @@ pub struct SplitProposal {
     pub first: Vec<u32>,
     /// Participant indices of the second group.
     pub second: Vec<u32>,
-    /// The best plan for the first group.
+    /// The best plan for the first group; its `alternatives` list the members of `first`, in
+    /// that order.
     pub first_plan: Plan,
-    /// The best plan for the second group.
+    /// The best plan for the second group; its `alternatives` follow `second`.
     pub second_plan: Plan,
 }
 

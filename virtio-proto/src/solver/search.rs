@@ -341,7 +341,9 @@ impl<'a> Problem<'a> {
         let mut scratch = Scratch::default();
         let mut found: Vec<Found> = Vec::new();
         for (ci, cand) in cands.iter().enumerate() {
-            if let Some(f) = self.best_for_candidate(ci, cand, &ranks, relax, subset, &mut scratch, budget)? {
+            if let Some(f) =
+                self.best_for_candidate(ci, cand, &ranks, relax, subset, &mut scratch, budget)?
+            {
                 found.push(f);
             }
         }
@@ -478,7 +480,11 @@ impl<'a> Problem<'a> {
             first.alt_sum = alt_sum;
             first.rank_sum = rank_sum;
             for &(k, ai) in &scratch.first {
-                let index = self.participants.get(k).and_then(|p| p.alts.get(ai)).map_or(0, |a| a.index);
+                let index = self
+                    .participants
+                    .get(k)
+                    .and_then(|p| p.alts.get(ai))
+                    .map_or(0, |a| a.index);
                 if let Some(slot) = scratch.picked.get_mut(k) {
                     *slot = index;
                 }
