@@ -377,20 +377,27 @@ mod tests {
     fn hugetlb_heap_allocates_when_the_pool_has_pages() {
         let pools = crate::heap::discover::hugetlb_pools("/sys/kernel/mm/hugepages".as_ref())
             .unwrap_or_default();
-        let Some(page) = pools
+        let Some(pool) = pools
             .iter()
             .filter_map(|(_, pool)| pool.as_ref().ok())
             .find(|pool| pool.free > 0)
-            .map(|pool| pool.page)
         else {
             eprintln!("SKIP: no huge-page pool has free pages (/proc/sys/vm/nr_hugepages is 0)");
             return;
         };
+        let page = pool.page;
         let heap = MemfdHeap::hugetlb(page, 0);
         let buf = heap.allocate(1).unwrap();
         assert_eq!(buf.size(), page.bytes());
+        assert!(rustix::fs::fcntl_get_seals(buf.fd()).unwrap().contains(BUFFER_SEALS));
         let map = buf.map(true).unwrap();
         map.write_at(0, b"huge").unwrap();
+        // More pages than the pool has left: fails now with ENOSPC, not with SIGBUS later.
+        let err = heap.allocate(pool.free * page.bytes()).unwrap_err();
+        assert!(
+            matches!(err, HeapError::Preallocate { source: Errno::NOSPC, .. }),
+            "{err:?}"
+        );
     }
 
     isolated_test!(
