@@ -31,8 +31,17 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// Maps `len` bytes of `fd` from offset 0, shared.
-    pub(crate) fn new(fd: BorrowedFd<'_>, len: u64, writable: bool) -> Result<Mapping, HeapError> {
+    /// Maps `len` bytes of `fd` from `offset` (page-aligned), shared: for dmabufs and memfds
+    /// that are not [`HeapBuffer`](super::HeapBuffer)s (a udmabuf over guest RAM, say).
+    ///
+    /// Accessing the mapping raises SIGBUS if the file is shrunk below the mapped range; the
+    /// broker's own memfds are sealed against that, other files must be too.
+    pub fn new(
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        len: u64,
+        writable: bool,
+    ) -> Result<Mapping, HeapError> {
         if len == 0 {
             return Err(HeapError::ZeroSize);
         }
@@ -44,9 +53,17 @@ impl Mapping {
         };
         // SAFETY: a null hint lets the kernel pick a fresh range, so no existing memory of this
         // process is replaced; `size` is non-zero; the result is only used through this value.
-        let addr =
-            unsafe { rustix::mm::mmap(std::ptr::null_mut(), size, prot, MapFlags::SHARED, fd, 0) }
-                .map_err(|source| HeapError::Map { len, source })?;
+        let addr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                size,
+                prot,
+                MapFlags::SHARED,
+                fd,
+                offset,
+            )
+        }
+        .map_err(|source| HeapError::Map { len, source })?;
         let ptr = NonNull::new(addr.cast::<u8>()).ok_or(HeapError::Map {
             len,
             source: rustix::io::Errno::FAULT,

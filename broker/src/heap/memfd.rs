@@ -139,11 +139,6 @@ impl MemfdHeap {
         }
     }
 
-    /// Allocation granularity: the page or huge-page size.
-    pub fn granularity(&self) -> u64 {
-        self.huge.map_or_else(page_size, HugePageSize::bytes)
-    }
-
     fn flags(&self) -> MemfdFlags {
         let base = MemfdFlags::ALLOW_SEALING | MemfdFlags::CLOEXEC;
         self.huge.map_or(base, |page| base | page.memfd_flags())
@@ -151,7 +146,7 @@ impl MemfdHeap {
 
     /// The size to allocate for a request: rounded up and within limits.
     fn checked_size(&self, size: u64) -> Result<u64, HeapError> {
-        let size = round_size(size, self.granularity())?;
+        let size = round_size(size, Heap::granularity(self))?;
         check_limit(&self.info, size)?;
         Ok(size)
     }
@@ -175,7 +170,7 @@ impl MemfdHeap {
         let size = self.checked_size(size)?;
         let fd = self.create_memfd(size, SealFlags::SHRINK | SealFlags::GROW)?;
         {
-            let mapping = Mapping::new(fd.as_fd(), size, true)?;
+            let mapping = Mapping::new(fd.as_fd(), 0, size, true)?;
             init(&mapping)?;
         }
         rustix::fs::fcntl_add_seals(&fd, SealFlags::FUTURE_WRITE | SealFlags::SEAL)
@@ -187,6 +182,11 @@ impl MemfdHeap {
 impl Heap for MemfdHeap {
     fn info(&self) -> &HeapInfo {
         &self.info
+    }
+
+    /// The page or huge-page size.
+    fn granularity(&self) -> u64 {
+        self.huge.map_or_else(page_size, HugePageSize::bytes)
     }
 
     fn allocate(&self, size: u64) -> Result<HeapBuffer, HeapError> {
@@ -211,14 +211,20 @@ fn memfd_create(heap: &str, flags: MemfdFlags) -> Result<OwnedFd, HeapError> {
         heap: heap.to_owned(),
         source,
     };
-    if !NOEXEC_SEAL_UNSUPPORTED.load(Ordering::Relaxed) {
-        match rustix::fs::memfd_create(&name, flags | MemfdFlags::NOEXEC_SEAL) {
-            Ok(fd) => return Ok(fd),
-            Err(Errno::INVAL) => NOEXEC_SEAL_UNSUPPORTED.store(true, Ordering::Relaxed),
-            Err(e) => return Err(error(e)),
-        }
+    if NOEXEC_SEAL_UNSUPPORTED.load(Ordering::Relaxed) {
+        return rustix::fs::memfd_create(&name, flags).map_err(error);
     }
-    rustix::fs::memfd_create(&name, flags).map_err(error)
+    match rustix::fs::memfd_create(&name, flags | MemfdFlags::NOEXEC_SEAL) {
+        Ok(fd) => Ok(fd),
+        // EINVAL may also mean bad flags (an unsupported huge-page size): only a retry that
+        // succeeds without MFD_NOEXEC_SEAL proves the kernel lacks it.
+        Err(Errno::INVAL) => {
+            let fd = rustix::fs::memfd_create(&name, flags).map_err(error)?;
+            NOEXEC_SEAL_UNSUPPORTED.store(true, Ordering::Relaxed);
+            Ok(fd)
+        }
+        Err(e) => Err(error(e)),
+    }
 }
 
 /// Sets the size of a fresh file and backs all of it with memory (`ftruncate` + `fallocate`).
@@ -263,6 +269,18 @@ mod tests {
     }
 
     #[test]
+    fn memfds_are_never_executable() {
+        let buf = MemfdHeap::new().allocate(page_size()).unwrap();
+        let seals = rustix::fs::fcntl_get_seals(buf.fd()).unwrap();
+        // MFD_NOEXEC_SEAL (Linux 6.3+) clears the execute bits and seals them.
+        if !NOEXEC_SEAL_UNSUPPORTED.load(Ordering::Relaxed) {
+            assert!(seals.contains(SealFlags::EXEC), "{seals:?}");
+            let mode = rustix::fs::fstat(buf.fd()).unwrap().st_mode;
+            assert_eq!(mode & 0o111, 0, "{mode:o}");
+        }
+    }
+
+    #[test]
     fn allocate_is_preallocated() {
         let heap = MemfdHeap::new();
         let buf = heap.allocate(16 * page_size()).unwrap();
@@ -294,6 +312,32 @@ mod tests {
         let mut back = vec![0; reader.len()];
         reader.read_at(0, &mut back).unwrap();
         assert_eq!(back, pattern);
+    }
+
+    #[test]
+    fn map_range_maps_a_window_of_the_buffer() {
+        let p = page_size();
+        let buf = MemfdHeap::new().allocate(4 * p).unwrap();
+        buf.map(true)
+            .unwrap()
+            .write_at(2 * p as usize, b"window")
+            .unwrap();
+        let window = buf.map_range(2 * p, p, false).unwrap();
+        assert_eq!(window.len() as u64, p);
+        let mut back = [0; 6];
+        window.read_at(0, &mut back).unwrap();
+        assert_eq!(&back, b"window");
+    }
+
+    #[test]
+    fn map_range_outside_or_unaligned_returns_map_range() {
+        let p = page_size();
+        let buf = MemfdHeap::new().allocate(2 * p).unwrap();
+        for (offset, len) in [(p, 2 * p), (1, p), (u64::MAX, 2), (0, 0)] {
+            let err = buf.map_range(offset, len, false).unwrap_err();
+            let expected = matches!(err, HeapError::MapRange { .. } | HeapError::ZeroSize);
+            assert!(expected, "{offset} {len}: {err:?}");
+        }
     }
 
     #[test]
@@ -389,13 +433,23 @@ mod tests {
         let heap = MemfdHeap::hugetlb(page, 0);
         let buf = heap.allocate(1).unwrap();
         assert_eq!(buf.size(), page.bytes());
-        assert!(rustix::fs::fcntl_get_seals(buf.fd()).unwrap().contains(BUFFER_SEALS));
+        assert!(
+            rustix::fs::fcntl_get_seals(buf.fd())
+                .unwrap()
+                .contains(BUFFER_SEALS)
+        );
         let map = buf.map(true).unwrap();
         map.write_at(0, b"huge").unwrap();
         // More pages than the pool has left: fails now with ENOSPC, not with SIGBUS later.
         let err = heap.allocate(pool.free * page.bytes()).unwrap_err();
         assert!(
-            matches!(err, HeapError::Preallocate { source: Errno::NOSPC, .. }),
+            matches!(
+                err,
+                HeapError::Preallocate {
+                    source: Errno::NOSPC,
+                    ..
+                }
+            ),
             "{err:?}"
         );
     }

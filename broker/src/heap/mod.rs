@@ -176,6 +176,18 @@ pub enum HeapError {
         #[source]
         source: Errno,
     },
+    /// A mapping was asked for outside the buffer or at an unaligned offset.
+    #[error(
+        "cannot map {len} bytes at offset {offset} of a {size}-byte buffer (offsets are page-aligned)"
+    )]
+    MapRange {
+        /// Requested offset.
+        offset: u64,
+        /// Requested length.
+        len: u64,
+        /// Buffer size.
+        size: u64,
+    },
     /// A read or write fell outside a mapping.
     #[error("{len} bytes at offset {offset} lie outside the {size}-byte mapping")]
     OutOfBounds {
@@ -209,6 +221,11 @@ pub trait Heap: Send + Sync + fmt::Debug {
     /// buffer's [`HeapBuffer::size`] is the real size). The memory is backed when this returns:
     /// a full heap fails here, never later with a page fault.
     fn allocate(&self, size: u64) -> Result<HeapBuffer, HeapError>;
+
+    /// Allocation granularity in bytes (a power of two): sizes are rounded up to it.
+    fn granularity(&self) -> u64 {
+        page_size()
+    }
 }
 
 /// The file descriptors behind a buffer.
@@ -279,8 +296,21 @@ impl HeapBuffer {
     /// is one (cached, like the memfd itself), else the dmabuf (with the heap's cache mode).
     /// Bracket CPU access to a dmabuf with [`HeapBuffer::begin_cpu_access`].
     pub fn map(&self, writable: bool) -> Result<Mapping, HeapError> {
+        self.map_range(0, self.size, writable)
+    }
+
+    /// Maps `len` bytes from `offset` (a multiple of the page size), like [`HeapBuffer::map`].
+    pub fn map_range(&self, offset: u64, len: u64, writable: bool) -> Result<Mapping, HeapError> {
+        let inside = offset.checked_add(len).is_some_and(|end| end <= self.size);
+        if !inside || offset % page_size() != 0 {
+            return Err(HeapError::MapRange {
+                offset,
+                len,
+                size: self.size,
+            });
+        }
         let fd = self.memfd().unwrap_or_else(|| self.fd());
-        Mapping::new(fd, self.size, writable)
+        Mapping::new(fd, offset, len, writable)
     }
 
     /// Starts CPU access (`DMA_BUF_IOCTL_SYNC` START) when the buffer is a dmabuf; the returned

@@ -418,7 +418,7 @@ mod tests {
             map.write_at(0, &pattern).unwrap();
         }
         // Read back through a mapping of the dmabuf itself, bracketed by a read sync.
-        let dmabuf_map = crate::heap::Mapping::new(dmabuf, buf.size(), false).unwrap();
+        let dmabuf_map = crate::heap::Mapping::new(dmabuf, 0, buf.size(), false).unwrap();
         let cpu = buf.begin_cpu_access(SyncAccess::Read).unwrap();
         let mut back = vec![0; dmabuf_map.len()];
         dmabuf_map.read_at(0, &mut back).unwrap();
@@ -433,7 +433,7 @@ mod tests {
         let (a, b) = (sealed_memfd(4 * p), sealed_memfd(2 * p));
         for (fd, byte) in [(&a, 0xaa_u8), (&b, 0xbb)] {
             let len = rustix::fs::fstat(fd).unwrap().st_size as u64;
-            crate::heap::Mapping::new(fd.as_fd(), len, true)
+            crate::heap::Mapping::new(fd.as_fd(), 0, len, true)
                 .unwrap()
                 .fill(byte)
                 .unwrap();
@@ -457,7 +457,7 @@ mod tests {
             rustix::fs::seek(&dmabuf, rustix::fs::SeekFrom::End(0)).unwrap(),
             3 * p
         );
-        let map = crate::heap::Mapping::new(dmabuf.as_fd(), 3 * p, false).unwrap();
+        let map = crate::heap::Mapping::new(dmabuf.as_fd(), 0, 3 * p, false).unwrap();
         let _cpu = crate::heap::CpuAccess::begin(dmabuf.as_fd(), SyncAccess::Read).unwrap();
         let mut back = vec![0; map.len()];
         map.read_at(0, &mut back).unwrap();
