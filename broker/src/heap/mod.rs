@@ -11,9 +11,14 @@
 //! Each implements [`Heap`]: it describes itself in the solver's vocabulary ([`HeapInfo`]) and
 //! allocates [`HeapBuffer`]s, which own their file descriptors and can be mapped ([`Mapping`]).
 //! CPU access to dmabufs is bracketed by [`CpuAccess`]. [`discover`] finds the heaps of this
-//! machine and explains the ones it cannot offer ([`DiscoveryReport`]).
+//! machine and explains the ones it cannot offer ([`DiscoveryReport`]). [`BufferPool`] recycles
+//! freed buffers within one owner.
 //!
 //! The hand-written kernel interfaces (ioctls no crate provides) live in `uapi.rs`.
+//!
+//! Tests that need `/dev/udmabuf`, `/dev/dma_heap/system` or huge pages skip with a message on
+//! hosts without them; `guest-tests.sh` next to this file runs the whole suite inside the
+//! Debian guest kernel where they run for real.
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -28,6 +33,7 @@ mod dma_heap;
 mod dmabuf;
 mod mapping;
 mod memfd;
+mod pool;
 mod uapi;
 mod udmabuf;
 
@@ -41,6 +47,7 @@ pub use dma_heap::DmaHeap;
 pub use dmabuf::{CpuAccess, SyncAccess, is_dmabuf};
 pub use mapping::Mapping;
 pub use memfd::{HugePageSize, MemfdHeap};
+pub use pool::{BufferPool, PoolLimits};
 pub use udmabuf::{UdmabufDevice, UdmabufHeap, UdmabufLimits, UdmabufRange};
 
 /// Everything that can go wrong in the heap module.
