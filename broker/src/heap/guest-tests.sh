@@ -30,6 +30,7 @@ timeout ${TMO:-300} "$E2E_QEMU" -accel tcg -smp 1 -m 512M -nic none -display non
   -kernel "$E2E_VMLINUZ" -initrd $W/initrd.gz \
   -append "console=ttyS0 loglevel=4 panic=-1 hugepages=8 rdinit=/init heapargs=$(IFS=,; echo "$*")" \
   -serial stdio > $W/console.txt 2>$W/qemu.err || true
+rm -rf $W/root $W/initrd.gz
 echo "console: $W/console.txt"
 sed -n '/=== GUEST/,$p' $W/console.txt
 grep -q "=== HEAPTEST rc=0" $W/console.txt
