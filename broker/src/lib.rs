@@ -4,3 +4,4 @@
 pub mod args;
 pub mod cli;
 pub mod constraints_file;
+pub mod heap;
