@@ -5,6 +5,8 @@
   e2e_tool.py closure MODDIR NAME...      print module paths (relative to MODDIR), load order
   e2e_tool.py unpack-module SRC DST       copy a .ko / .ko.xz / .ko.gz / .ko.zst decompressed to DST
   e2e_tool.py extract-vmlinux BZIMAGE OUT unpack the ELF vmlinux from a bzImage (zstd, xz, gzip)
+  e2e_tool.py check-static FILE...        fail unless each FILE is an x86-64 ELF without an
+                                          interpreter (statically linked) or a #!/bin/sh script
 
 The host may have no kmod (depmod), so modules.dep is generated here, in the format kmod and
 busybox's modprobe read: "path: dep dep ...", all dependencies listed, last one loaded first.
@@ -228,6 +230,33 @@ def cmd_extract_vmlinux(src, dst):
     os.replace(tmp, dst)
 
 
+def cmd_check_static(files):
+    bad = []
+    for path in files:
+        with open(path, "rb") as f:
+            data = f.read(1 << 20)
+        if data.startswith(b"#!/bin/sh") or data.startswith(b"#!/bin/busybox"):
+            continue
+        if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+            bad.append(f"{path}: not an ELF64 little-endian file or #!/bin/sh script")
+            continue
+        (e_machine,) = struct.unpack_from("<H", data, 0x12)
+        if e_machine != 62:
+            bad.append(f"{path}: not x86-64 (e_machine {e_machine})")
+            continue
+        (e_phoff,) = struct.unpack_from("<Q", data, 0x20)
+        e_phentsize, e_phnum = struct.unpack_from("<HH", data, 0x36)
+        for i in range(e_phnum):
+            (p_type,) = struct.unpack_from("<I", data, e_phoff + i * e_phentsize)
+            if p_type == 3:  # PT_INTERP
+                bad.append(f"{path}: dynamically linked (has an interpreter); build with "
+                           "RUSTFLAGS='-C target-feature=+crt-static' --target x86_64-unknown-linux-gnu")
+                break
+    for b in bad:
+        print(f"e2e_tool: error: {b}", file=sys.stderr)
+    sys.exit(1 if bad else 0)
+
+
 def main(argv):
     if len(argv) >= 2 and argv[0] == "depmod" and len(argv) == 2:
         return cmd_depmod(argv[1])
@@ -235,6 +264,8 @@ def main(argv):
         return cmd_closure(argv[1], argv[2:])
     if len(argv) == 3 and argv[0] == "unpack-module":
         return cmd_unpack_module(argv[1], argv[2])
+    if len(argv) >= 2 and argv[0] == "check-static":
+        return cmd_check_static(argv[1:])
     if len(argv) == 3 and argv[0] == "extract-vmlinux":
         return cmd_extract_vmlinux(argv[1], argv[2])
     print(__doc__, file=sys.stderr)

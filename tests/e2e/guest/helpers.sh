@@ -1,0 +1,59 @@
+# shellcheck shell=sh
+# Helpers for test scripts inside the e2e guest (busybox sh). Sourced by /init and before
+# /etc/e2e/test.sh, so a test script can call:
+#   e2e_test NAME CMD [ARG...]   run CMD, print BEGIN/RESULT markers with pass/fail and seconds
+#   e2e_skip NAME REASON         report NAME as skipped
+#   e2e_result NAME pass|fail|skip SECONDS
+# Names: letters, digits and . _ : / - (no spaces). BUFBROKER_TEST_TIMEOUT=N (kernel command
+# line) kills a test after N seconds.
+
+# Centiseconds since boot.
+e2e_uptime_cs() {
+	read -r e2e_up _ </proc/uptime
+	echo "${e2e_up%.*}${e2e_up#*.}" | sed 's/^0*\([0-9]\)/\1/'
+}
+
+e2e_result() {
+	[ "$2" = fail ] && : >/tmp/e2e-failed
+	echo "BUFBROKER-RESULT $1 $2 $3"
+}
+
+e2e_skip() {
+	echo "e2e: skip $1: $2"
+	e2e_result "$1" skip 0.00
+}
+
+e2e_test() {
+	e2e_name=$1
+	shift
+	echo "BUFBROKER-BEGIN $e2e_name"
+	e2e_t0=$(e2e_uptime_cs)
+	if [ -n "${BUFBROKER_TEST_TIMEOUT:-}" ]; then
+		timeout -s KILL "$BUFBROKER_TEST_TIMEOUT" "$@"
+	else
+		"$@"
+	fi
+	e2e_rc=$?
+	e2e_dt=$(($(e2e_uptime_cs) - e2e_t0))
+	e2e_secs=$(printf '%d.%02d' $((e2e_dt / 100)) $((e2e_dt % 100)))
+	if [ "$e2e_rc" = 0 ]; then
+		e2e_result "$e2e_name" pass "$e2e_secs"
+	else
+		echo "e2e: $e2e_name exited with status $e2e_rc"
+		e2e_result "$e2e_name" fail "$e2e_secs"
+	fi
+	return 0
+}
+
+# Load the modules listed (paths under /lib/modules/$(uname -r), dependencies first).
+e2e_load_modules() {
+	e2e_ok=0
+	while read -r e2e_mod; do
+		[ -n "$e2e_mod" ] || continue
+		insmod "/lib/modules/$(uname -r)/$e2e_mod" || {
+			echo "e2e: insmod $e2e_mod failed"
+			e2e_ok=1
+		}
+	done <"$1"
+	return $e2e_ok
+}
