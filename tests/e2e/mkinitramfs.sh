@@ -86,7 +86,9 @@ done
 
 for spec in "${files[@]}"; do
 	src=${spec%%=*} dest=${spec#*=}
-	[ "$src" != "$spec" ] && [ "${dest#/}" != "$dest" ] || e2e_die "--file $spec: expected SRC=/absolute/dest"
+	if [ "$src" = "$spec" ] || [ "${dest#/}" = "$dest" ]; then
+		e2e_die "--file $spec: expected SRC=/absolute/dest"
+	fi
 	[ -f "$src" ] || e2e_die "--file $spec: no such file $src"
 	mkdir -p "$root$(dirname "$dest")"
 	cp "$src" "$root$dest"

@@ -137,7 +137,7 @@ qemu_args=(-accel tcg -cpu max -smp 1 -m "$memory" -nodefaults -no-user-config
 if [ "$iommu" = 1 ]; then
 	machine="$machine,kernel-irqchip=split"
 	cmdline="$cmdline intel_iommu=on"
-	qemu_args+=(-device intel-iommu,intremap=on)
+	qemu_args+=(-device "intel-iommu,intremap=on")
 fi
 qemu_args+=(-machine "$machine" -append "$cmdline${append}" "${extra[@]}")
 

@@ -12,7 +12,9 @@ e2e_test modprobe-vfio-iommu-type1 modprobe vfio_iommu_type1
 # must appear as /dev/vfio/N.
 bind_edu() {
 	for d in /sys/bus/pci/devices/*; do
-		[ "$(cat "$d/vendor")" = 0x1234 ] && [ "$(cat "$d/device")" = 0x11e8 ] || continue
+		if [ "$(cat "$d/vendor")" != 0x1234 ] || [ "$(cat "$d/device")" != 0x11e8 ]; then
+			continue
+		fi
 		group=$(basename "$(readlink "$d/iommu_group")") || return 1
 		echo vfio-pci >"$d/driver_override" || return 1
 		echo "${d##*/}" >/sys/bus/pci/drivers_probe || return 1
