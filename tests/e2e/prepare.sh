@@ -254,6 +254,7 @@ verify "$(deb_file "$APT/archives" qemu-system-x86 "$QEMU_USE")" qemu-system-x86
 verify "$(deb_file "$APT/archives" qemu-system-data "$QEMU_USE")" qemu-system-data "$QEMU_USE" "$QEMU_VERSION" "$QEMU_SYSTEM_DATA_SHA256"
 
 # --- unpack ---------------------------------------------------------------------------------------
+unpack() { dpkg-deb -x "$1" "$2" || e2e_die "dpkg-deb -x $1 failed"; }
 slug() { printf '%s\n' "${1//:/_}"; }
 
 # Each product is built in a temporary folder and renamed into place, so an interrupted run
@@ -266,7 +267,7 @@ if [ ! -x "$QEMU_DIR/bin/qemu-system-x86_64" ]; then
 	say "unpacking QEMU into $QEMU_DIR"
 	s=$(stage)
 	mkdir -p "$s/root" "$s/bin"
-	for f in "${QEMU_DEBS[@]}"; do dpkg-deb -x "$f" "$s/root"; done
+	for f in "${QEMU_DEBS[@]}"; do unpack "$f" "$s/root"; done
 	printf '%s\n' "${QEMU_CLOSURE[@]}" >"$s/packages.txt"
 	cat >"$s/bin/qemu-system-x86_64" <<'EOF'
 #!/bin/sh
@@ -289,7 +290,7 @@ KERNEL_DIR=$CACHE/kernel-$(slug "$KERNEL_PKG_USE")_$(slug "$KERNEL_USE")
 if [ ! -f "$KERNEL_DIR/vmlinux" ] || [ ! -f "$KERNEL_DIR/kver" ]; then
 	say "unpacking the kernel into $KERNEL_DIR"
 	s=$(stage)
-	dpkg-deb -x "$KERNEL_DEB" "$s/deb"
+	unpack "$KERNEL_DEB" "$s/deb"
 	vmlinuz=$(find "$s/deb/boot" -maxdepth 1 -name 'vmlinuz-*' | head -n1)
 	[ -n "$vmlinuz" ] || e2e_die "$KERNEL_DEB has no boot/vmlinuz-*"
 	kver=${vmlinuz##*/vmlinuz-}
@@ -317,7 +318,7 @@ BUSYBOX_DIR=$CACHE/busybox-$(slug "$BUSYBOX_USE")
 if [ ! -x "$BUSYBOX_DIR/busybox" ]; then
 	say "unpacking busybox into $BUSYBOX_DIR"
 	s=$(stage)
-	dpkg-deb -x "$BUSYBOX_DEB" "$s/deb"
+	unpack "$BUSYBOX_DEB" "$s/deb"
 	bb=""
 	for f in "$s/deb/usr/bin/busybox" "$s/deb/bin/busybox"; do
 		[ -f "$f" ] && bb=$f && break

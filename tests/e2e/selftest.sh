@@ -38,10 +38,21 @@ e2e_log "prepare: $(e2e_elapsed "$t") s"
 
 t=$(e2e_now)
 probe_target=$E2E_CACHE/target-probe
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --locked \
-	--manifest-path "$E2E_DIR/probe/Cargo.toml" --target x86_64-unknown-linux-gnu \
-	--target-dir "$probe_target"
+cargo_static() {
+	RUSTFLAGS="-C target-feature=+crt-static" cargo "$@" --quiet --release --locked \
+		--manifest-path "$E2E_DIR/probe/Cargo.toml" --target x86_64-unknown-linux-gnu \
+		--target-dir "$probe_target"
+}
+cargo_static build
 probe=$probe_target/x86_64-unknown-linux-gnu/release/bufbroker-e2e-probe
+# The test executable's name carries a hash: ask cargo for it.
+probe_tests=$(cargo_static test --no-run --message-format=json | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])')
+[ -f "$probe_tests" ] || e2e_die "cargo test --no-run gave no test executable"
 e2e_log "static probe build: $(e2e_elapsed "$t") s"
 
 if [ -z "$out" ]; then
@@ -54,7 +65,7 @@ fi
 
 t=$(e2e_now)
 "$E2E_DIR/mkinitramfs.sh" "$out/selftest.cpio.gz" \
-	--bin "$probe" \
+	--bin "$probe" "$probe_tests=probe-tests" \
 	--module vfio-pci vfio_iommu_type1 --no-autoload \
 	--init-script "$E2E_DIR/guest/selftest.sh"
 e2e_log "initramfs: $(e2e_elapsed "$t") s"

@@ -57,3 +57,32 @@ e2e_load_modules() {
 	done <"$1"
 	return $e2e_ok
 }
+
+# e2e_libtest PREFIX BIN [FILTER...]: run every test of a Rust libtest binary (a statically
+# linked `cargo test` executable) in its own process, one result line "PREFIX::test_name" each;
+# #[ignore] tests are reported as skipped. A crash or hang (BUFBROKER_TEST_TIMEOUT) fails only
+# that test. FILTERs are passed to libtest's --list, as to the test binary itself.
+e2e_libtest() {
+	e2e_prefix=$1
+	e2e_bin=$2
+	shift 2
+	if ! "$e2e_bin" --list --format terse "$@" >/tmp/e2e-libtest-all </dev/null ||
+		! "$e2e_bin" --list --format terse --ignored "$@" >/tmp/e2e-libtest-ignored </dev/null; then
+		echo "e2e: $e2e_bin --list failed"
+		e2e_result "$e2e_prefix" fail 0.00
+		return 0
+	fi
+	sed -n 's/: test$//p' /tmp/e2e-libtest-all >/tmp/e2e-libtest-names
+	if [ ! -s /tmp/e2e-libtest-names ]; then
+		echo "e2e: $e2e_bin lists no test"
+		e2e_result "$e2e_prefix" fail 0.00
+		return 0
+	fi
+	while read -r e2e_t; do
+		if grep -qxF "$e2e_t: test" /tmp/e2e-libtest-ignored; then
+			e2e_skip "$e2e_prefix::$e2e_t" "#[ignore]"
+		else
+			e2e_test "$e2e_prefix::$e2e_t" "$e2e_bin" --exact "$e2e_t" --test-threads=1 --quiet </dev/null
+		fi
+	done </tmp/e2e-libtest-names
+}

@@ -28,3 +28,6 @@ bind_edu() {
 e2e_test vfio-bind-edu bind_edu
 
 e2e_test rust-static-probe /bin/bufbroker-e2e-probe
+
+# The probe's own #[test]s, from a static `cargo test` binary: one result per test.
+e2e_libtest probe-tests /bin/probe-tests

@@ -55,3 +55,27 @@ fn main() -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+#[cfg(test)]
+mod tests {
+    //! Run inside the guest by selftest.sh through `e2e_libtest`, to show that a statically
+    //! linked `cargo test` binary reports one result per test.
+
+    use super::*;
+
+    #[test]
+    fn dev_null_is_a_char_device() {
+        let meta = fs::metadata("/dev/null").map(|m| m.file_type().is_char_device());
+        assert!(matches!(meta, Ok(true)), "{meta:?}");
+    }
+
+    #[test]
+    fn lists_dev() {
+        let entries = list(Path::new("/dev"));
+        assert!(entries.is_ok_and(|e| e.iter().any(|(n, _)| n == "null")));
+    }
+
+    #[test]
+    #[ignore = "example of a test the guest reports as skipped"]
+    fn ignored_example() {}
+}
