@@ -14,12 +14,14 @@
 #   --iommu             emulated Intel IOMMU: -device intel-iommu,intremap=on,
 #                       kernel-irqchip=split and intel_iommu=on (for VFIO in the guest)
 #   --append ARGS       more kernel command-line words; NAME=value words reach the test
-#                       script's environment (e.g. BUFBROKER_TEST_TIMEOUT=60, BUFBROKER_KMSG=1)
+#                       script's environment (e.g. BUFBROKER_TEST_TIMEOUT=60); loglevel=7 shows
+#                       all kernel messages on the console (default 4: errors only)
 #   --kernel K          vmlinux (default, the unpacked ELF; boots faster), vmlinuz, or a path
 #   --verbose           stream the serial console while the guest runs
 # Prints "scenario | result | seconds" and "N passed, N failed"; exits 0 only if the guest
-# printed BUFBROKER-DONE 0, at least one result, and no failure. Otherwise it prints the tail of
-# the serial log (and QEMU's stderr).
+# printed BUFBROKER-DONE 0, at least one result, and no failure. Otherwise it prints the output
+# of each failed scenario, the tail of the serial log and of the guest's kernel log, and QEMU's
+# stderr.
 set -euo pipefail
 
 # shellcheck source=lib.sh
@@ -55,6 +57,38 @@ while [ $# -gt 0 ]; do
 	esac
 	shift
 done
+
+# failure_details LOG: what a reader needs to see first when something failed.
+failure_details() {
+	tr -d '\r' <"$1" | awk -v logf="$1" '
+		function flush_section(name) {
+			if (!(name in lines)) return
+			printf "---- output of %s (last %d lines) ----\n", name, (lines[name] > 40 ? 40 : lines[name])
+			for (i = (lines[name] > 40 ? lines[name] - 39 : 1); i <= lines[name]; i++) print out[name, i]
+		}
+		/BUFBROKER-DMESG-BEGIN/ { in_dmesg = 1; next }
+		/BUFBROKER-DMESG-END/ { in_dmesg = 0; next }
+		in_dmesg { kmsg[++nk] = $0; next }
+		{ tail[++nt] = $0 }
+		match($0, /BUFBROKER-BEGIN [^ ]+/) { cur = substr($0, RSTART + 16, RLENGTH - 16); next }
+		match($0, /BUFBROKER-RESULT [^ ]+ (pass|fail|skip) /) {
+			split(substr($0, RSTART, RLENGTH), f, " ")
+			if (f[3] == "fail") failed[f[2]] = 1
+			if (f[2] == cur) cur = ""
+			next
+		}
+		cur != "" { out[cur, ++lines[cur]] = $0 }
+		END {
+			if (cur != "") failed[cur] = 1
+			for (name in failed) flush_section(name)
+			printf "---- last 30 lines of the serial log %s (without the dmesg dump) ----\n", logf
+			for (i = (nt > 30 ? nt - 29 : 1); i <= nt; i++) print tail[i]
+			if (nk) {
+				printf "---- last 25 lines of the guest kernel log ----\n"
+				for (i = (nk > 25 ? nk - 24 : 1); i <= nk; i++) print kmsg[i]
+			}
+		}'
+}
 
 # report LOG [QEMU_STATUS] [QEMU_STDERR]: print the table; return 0 only on success.
 report() {
@@ -97,8 +131,7 @@ report() {
 			exit bad
 		}' || ok=1
 	if [ "$ok" != 0 ]; then
-		echo "---- last 60 lines of the serial log $serial ----"
-		tr -d '\r' <"$serial" | tail -n 60
+		failure_details "$serial"
 		if [ -n "$qemu_err" ] && [ -s "$qemu_err" ]; then
 			echo "---- QEMU stderr ($qemu_err) ----"
 			tail -n 20 "$qemu_err"
