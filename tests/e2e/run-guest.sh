@@ -11,6 +11,9 @@
 #   --log FILE          serial console log (default: a new folder under ${TMPDIR:-/tmp})
 #   --memory SIZE       guest memory (default 512M)
 #   --machine OPTS      -machine value (default q35)
+#   --shared-mem        guest RAM in a shared memfd (memory-backend-memfd,share=on), as
+#                       vhost-user devices need (e.g. -chardev socket,id=c0,path=SOCK
+#                       -device vhost-user-test-device-pci,chardev=c0,virtio-id=37,num_vqs=2)
 #   --iommu             emulated Intel IOMMU: -device intel-iommu,intremap=on,
 #                       kernel-irqchip=split and intel_iommu=on (for VFIO in the guest)
 #   --append ARGS       more kernel command-line words; NAME=value words reach the test
@@ -32,7 +35,7 @@ usage() {
 	exit "${1:-0}"
 }
 
-initrd="" timeout_s=300 log="" memory=512M machine=q35 iommu=0 append="" kernel=vmlinux
+initrd="" timeout_s=300 log="" memory=512M machine=q35 iommu=0 shared_mem=0 append="" kernel=vmlinux
 verbose=0 parse_only=""
 extra=()
 while [ $# -gt 0 ]; do
@@ -43,6 +46,7 @@ while [ $# -gt 0 ]; do
 	--memory) memory=${2:?--memory needs a size}; shift ;;
 	--machine) machine=${2:?--machine needs options}; shift ;;
 	--iommu) iommu=1 ;;
+	--shared-mem) shared_mem=1 ;;
 	--append) append="$append ${2:?--append needs words}"; shift ;;
 	--kernel) kernel=${2:?--kernel needs vmlinux, vmlinuz or a path}; shift ;;
 	--verbose) verbose=1 ;;
@@ -167,6 +171,10 @@ cmdline="console=ttyS0 panic=-1 rdinit=/init loglevel=4"
 qemu_args=(-accel tcg -cpu max -smp 1 -m "$memory" -nodefaults -no-user-config
 	-display none -no-reboot -serial "file:$log"
 	-kernel "$kernel_path" -initrd "$initrd")
+if [ "$shared_mem" = 1 ]; then
+	machine="$machine,memory-backend=e2e-mem"
+	qemu_args+=(-object "memory-backend-memfd,id=e2e-mem,size=$memory,share=on")
+fi
 if [ "$iommu" = 1 ]; then
 	machine="$machine,kernel-irqchip=split"
 	cmdline="$cmdline intel_iommu=on"

@@ -36,6 +36,11 @@ e2e_log "prepare: $(e2e_elapsed "$t") s"
 
 "$E2E_DIR/check-report.sh"
 
+# The vhost-user scenarios need QEMU 11.1's generic vhost-user device.
+"$E2E_QEMU" -device help | grep -q '"vhost-user-test-device-pci"' ||
+	e2e_die "$E2E_QEMU has no vhost-user-test-device-pci"
+e2e_log "qemu: $("$E2E_QEMU" --version | head -n1), has vhost-user-test-device-pci"
+
 t=$(e2e_now)
 probe_target=$E2E_CACHE/target-probe
 cargo_static() {
