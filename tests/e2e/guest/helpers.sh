@@ -4,8 +4,9 @@
 #   e2e_test NAME CMD [ARG...]   run CMD, print BEGIN/RESULT markers with pass/fail and seconds
 #   e2e_skip NAME REASON         report NAME as skipped
 #   e2e_result NAME pass|fail|skip SECONDS
-# Names: letters, digits and . _ : / - (no spaces). BUFBROKER_TEST_TIMEOUT=N (kernel command
-# line) kills a test after N seconds.
+# Names: letters, digits and . _ : / - (no spaces). Commands run with stdin from /dev/null.
+# BUFBROKER_TEST_TIMEOUT=N (kernel command line) kills a test command after N seconds (not a
+# shell function: those run without it; the host-side --timeout still applies).
 
 # Centiseconds since boot.
 e2e_uptime_cs() {
@@ -28,10 +29,10 @@ e2e_test() {
 	shift
 	echo "BUFBROKER-BEGIN $e2e_name"
 	e2e_t0=$(e2e_uptime_cs)
-	if [ -n "${BUFBROKER_TEST_TIMEOUT:-}" ]; then
-		timeout -s KILL "$BUFBROKER_TEST_TIMEOUT" "$@"
+	if [ -n "${BUFBROKER_TEST_TIMEOUT:-}" ] && ! type "$1" 2>/dev/null | grep -q function; then
+		timeout -s KILL "$BUFBROKER_TEST_TIMEOUT" "$@" </dev/null
 	else
-		"$@"
+		"$@" </dev/null
 	fi
 	e2e_rc=$?
 	e2e_dt=$(($(e2e_uptime_cs) - e2e_t0))
