@@ -18,6 +18,16 @@ pub struct Cli {
 pub enum Command {
     /// Solve participants' constraints for an image and print ranked plans or the conflict.
     Solve(SolveArgs),
+    /// List the heaps this host offers, and why the others are absent.
+    Heaps(HeapsArgs),
+}
+
+/// Arguments of `bufbroker heaps`.
+#[derive(Debug, Args)]
+pub struct HeapsArgs {
+    /// Print the available heaps as JSON (the solver's descriptions) instead of the report.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `bufbroker solve`.

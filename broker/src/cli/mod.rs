@@ -1,5 +1,6 @@
 //! Subcommand implementations. Each returns the process exit code.
 
+pub mod heaps;
 pub mod solve;
 
 use std::process::ExitCode;
@@ -10,5 +11,6 @@ use crate::args::{Cli, Command};
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Solve(args) => solve::run(&args),
+        Command::Heaps(args) => heaps::run(&args),
     }
 }

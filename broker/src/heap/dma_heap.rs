@@ -118,11 +118,11 @@ mod tests {
         match DmaHeap::open("system") {
             Ok(heap) => Some(heap),
             Err(e) => {
-                eprintln!(
-                    "SKIP: {} (kernel without CONFIG_DMABUF_HEAPS_SYSTEM or no access); \
+                crate::heap::test_util::skip(&format!(
+                    "{} (kernel without CONFIG_DMABUF_HEAPS_SYSTEM or no access); \
                      these tests run for real in the guest-kernel tier",
                     crate::heap::error_chain(&e)
-                );
+                ));
                 None
             }
         }

@@ -426,7 +426,9 @@ mod tests {
             .filter_map(|(_, pool)| pool.as_ref().ok())
             .find(|pool| pool.free > 0)
         else {
-            eprintln!("SKIP: no huge-page pool has free pages (/proc/sys/vm/nr_hugepages is 0)");
+            crate::heap::test_util::skip(
+                "no huge-page pool has free pages (/proc/sys/vm/nr_hugepages is 0)",
+            );
             return;
         };
         let page = pool.page;

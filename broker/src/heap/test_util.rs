@@ -141,3 +141,12 @@ pub(crate) fn private_tmpfs(options: &str) -> Option<PrivateTmpfs> {
 pub(crate) fn missing_path() -> PathBuf {
     PathBuf::from("/nonexistent/bufbroker-test")
 }
+
+/// Reports a test that cannot run here. In the guest-kernel tier
+/// (`BUFBROKER_REQUIRE_DEVICES=1`) the devices must exist, so a skip there is a failure.
+pub(crate) fn skip(reason: &str) {
+    if std::env::var_os("BUFBROKER_REQUIRE_DEVICES").is_some_and(|v| v == "1") {
+        panic!("required device missing: {reason}");
+    }
+    eprintln!("SKIP: {reason}");
+}

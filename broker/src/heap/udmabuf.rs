@@ -282,11 +282,11 @@ mod tests {
         match UdmabufDevice::open() {
             Ok(dev) => Some(Arc::new(dev)),
             Err(e) => {
-                eprintln!(
-                    "SKIP: {} (kernel without CONFIG_UDMABUF, module not loaded, or no access); \
+                crate::heap::test_util::skip(&format!(
+                    "{} (kernel without CONFIG_UDMABUF, module not loaded, or no access); \
                      these tests run for real in the guest-kernel tier",
                     crate::heap::error_chain(&e)
-                );
+                ));
                 None
             }
         }
