@@ -18,6 +18,10 @@ pub mod plan;
 pub mod request;
 pub mod solver;
 pub mod check;
+pub mod config_space;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod wire;
 
 pub use constraint::{
     AddressRange, CacheMode, ConstraintSet, Extension, FormatModifiers, LayoutConstraints,
