@@ -1,0 +1,50 @@
+//! Replays every checked-in fuzz corpus file (`fuzz/corpus/<target>/`) through the same
+//! functions the cargo-fuzz targets call, on stable Rust. A crash the fuzzer found and that
+//! was added to the corpus stays fixed.
+
+mod common;
+
+use std::fs;
+
+use bufbroker_proto::fuzzing::{self, Outcome};
+use common::corpus_dir;
+
+fn replay(target: &str, run: fn(&[u8]) -> Outcome) -> (usize, usize) {
+    let mut accepted = 0;
+    let mut total = 0;
+    for entry in fs::read_dir(corpus_dir(target)).unwrap() {
+        let path = entry.unwrap().path();
+        let data = fs::read(&path).unwrap();
+        if run(&data) == Outcome::Accepted {
+            accepted += 1;
+        }
+        total += 1;
+    }
+    (accepted, total)
+}
+
+#[test]
+fn decode_corpus_replays_without_a_crash() {
+    let (accepted, total) = replay("decode", fuzzing::decode);
+
+    assert!(total > 0, "empty corpus");
+    assert!(accepted > 0, "no corpus input decodes");
+}
+
+#[test]
+fn solve_corpus_replays_without_a_crash() {
+    let (accepted, total) = replay("solve", fuzzing::solve);
+
+    assert!(total > 0, "empty corpus");
+    assert!(accepted > 0, "no corpus input solves");
+}
+
+#[test]
+fn every_golden_vector_is_in_the_decode_corpus() {
+    for (name, _, _) in common::golden_messages() {
+        let golden = fs::read(common::golden_dir().join(format!("{name}.bin"))).unwrap();
+        let seed = fs::read(corpus_dir("decode").join(format!("golden-{name}"))).unwrap();
+
+        assert_eq!(golden, seed, "{name}");
+    }
+}
