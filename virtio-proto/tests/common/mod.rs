@@ -1,6 +1,9 @@
 //! Shared by the wire tests: the fixed sample messages behind the golden vectors and the
 //! fuzz seed corpora, and proptest strategies for every message.
 
+// Test code: a panic is how a test reports failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
 #![allow(dead_code)]
 
 use std::path::PathBuf;
