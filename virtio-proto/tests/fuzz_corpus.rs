@@ -51,3 +51,27 @@ fn every_golden_vector_is_in_the_decode_corpus() {
         assert_eq!(golden, seed, "{name}");
     }
 }
+
+/// Replays an outside corpus (a fuzzer's scratch directory) and prints how many inputs each
+/// target accepted: `FUZZ_CORPUS=/tmp/fuzz-work/solve FUZZ_TARGET=solve cargo test -p
+/// bufbroker-proto --test fuzz_corpus -- --ignored --nocapture`.
+#[test]
+#[ignore = "reads the directory named by FUZZ_CORPUS"]
+fn replay_outside_corpus() {
+    let dir = std::env::var("FUZZ_CORPUS").unwrap();
+    let run = match std::env::var("FUZZ_TARGET").unwrap().as_str() {
+        "decode" => fuzzing::decode,
+        "solve" => fuzzing::solve,
+        other => panic!("no fuzz target {other}"),
+    };
+    let mut accepted = 0;
+    let mut total = 0;
+    for entry in fs::read_dir(&dir).unwrap() {
+        let data = fs::read(entry.unwrap().path()).unwrap();
+        if run(&data) == Outcome::Accepted {
+            accepted += 1;
+        }
+        total += 1;
+    }
+    println!("{dir}: {accepted} of {total} inputs accepted");
+}

@@ -86,3 +86,29 @@ fn regenerate() {
         fs::write(solve_corpus.join(format!("request-{name}")), bytes).unwrap();
     }
 }
+
+/// `xxd -g1` style: offset, 16 bytes in hex, the printable ASCII.
+fn hex_dump(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for (i, chunk) in bytes.chunks(16).enumerate() {
+        let hex: Vec<String> = chunk.iter().map(|b| format!("{b:02x}")).collect();
+        let ascii: String = chunk
+            .iter()
+            .map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' })
+            .collect();
+        out.push_str(&format!("{:08x}: {:<47}  {ascii}\n", i * 16, hex.join(" ")));
+    }
+    out
+}
+
+#[test]
+fn protocol_md_hex_dumps_match_the_golden_vectors() {
+    let doc = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/PROTOCOL.md")).unwrap();
+
+    for name in ["hello", "ping", "pong", "hello_reply", "solve_small", "error_reply"] {
+        let bytes = fs::read(golden_dir().join(format!("{name}.bin"))).unwrap();
+        let dump = hex_dump(&bytes);
+
+        assert!(doc.contains(&dump), "PROTOCOL.md lacks the dump of {name}:\n{dump}");
+    }
+}
