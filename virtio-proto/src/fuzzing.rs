@@ -7,7 +7,7 @@
 use crate::check::verify_plan;
 use crate::heap::{HeapInfo, HeapKind};
 use crate::request::Request;
-use crate::solver::{SolveOptions, solve_with};
+use crate::solver::{SolveError, SolveOptions, solve_with};
 use crate::wire;
 
 /// What one input did, for the corpus replay test to count.
@@ -75,21 +75,33 @@ pub const SOLVE_OPTIONS: SolveOptions = SolveOptions {
 };
 
 /// Decodes `data` as a postcard [`Request`] and solves it against [`solve_heaps`]. Every plan
-/// returned must pass the independent checker.
+/// returned must pass the independent checker; solving again must give the same outcome; and
+/// the outcome must fit in a `SolveReply` (else the broker could not send it).
 pub fn solve(data: &[u8]) -> Outcome {
     let Ok((request, _)) = postcard::take_from_bytes::<Request>(data) else {
         return Outcome::Rejected;
     };
     let heaps = solve_heaps();
-    match solve_with(&request, &heaps, &SOLVE_OPTIONS) {
+    let outcome = solve_with(&request, &heaps, &SOLVE_OPTIONS);
+    assert_eq!(
+        outcome,
+        solve_with(&request, &heaps, &SOLVE_OPTIONS),
+        "the solver is not deterministic"
+    );
+    let reply = match outcome {
         Ok(solution) => {
             for plan in &solution.plans {
                 if let Err(v) = verify_plan(&request, &heaps, plan) {
                     panic!("solver returned a plan the checker rejects: {v}\n{plan:?}\n{request:?}");
                 }
             }
-            Outcome::Accepted
+            wire::SolveReply::Solved(solution)
         }
-        Err(_) => Outcome::Rejected,
+        Err(SolveError::Unsatisfiable(diagnostic)) => wire::SolveReply::Unsatisfiable(diagnostic),
+        Err(_) => return Outcome::Rejected,
+    };
+    if let Err(e) = wire::encode(&reply.into(), 1) {
+        panic!("the solver's outcome does not fit in a SolveReply: {}", wire::error_chain(&e));
     }
+    Outcome::Accepted
 }
