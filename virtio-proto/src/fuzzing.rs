@@ -7,7 +7,7 @@
 use crate::check::verify_plan;
 use crate::heap::{HeapInfo, HeapKind};
 use crate::request::Request;
-use crate::solver::{SolveError, SolveOptions, solve_with};
+use crate::solver::{SolveOptions, solve_with};
 use crate::wire;
 
 /// What one input did, for the corpus replay test to count.
@@ -30,7 +30,11 @@ pub fn decode(data: &[u8]) -> Outcome {
         Err(e) => panic!("decoded {message:?} does not encode again: {e}"),
     };
     if bytes.len() > data.len() {
-        panic!("re-encoding grew from {} to {} bytes", data.len(), bytes.len());
+        panic!(
+            "re-encoding grew from {} to {} bytes",
+            data.len(),
+            bytes.len()
+        );
     }
     match wire::decode(&bytes) {
         Ok((h, m)) => {
@@ -88,20 +92,21 @@ pub fn solve(data: &[u8]) -> Outcome {
         solve_with(&request, &heaps, &SOLVE_OPTIONS),
         "the solver is not deterministic"
     );
-    let reply = match outcome {
-        Ok(solution) => {
-            for plan in &solution.plans {
-                if let Err(v) = verify_plan(&request, &heaps, plan) {
-                    panic!("solver returned a plan the checker rejects: {v}\n{plan:?}\n{request:?}");
-                }
+    if let Ok(solution) = &outcome {
+        for plan in &solution.plans {
+            if let Err(v) = verify_plan(&request, &heaps, plan) {
+                panic!("solver returned a plan the checker rejects: {v}\n{plan:?}\n{request:?}");
             }
-            wire::SolveReply::Solved(solution)
         }
-        Err(SolveError::Unsatisfiable(diagnostic)) => wire::SolveReply::Unsatisfiable(diagnostic),
-        Err(_) => return Outcome::Rejected,
+    }
+    let Ok(reply) = wire::SolveReply::from_outcome(outcome) else {
+        return Outcome::Rejected;
     };
     if let Err(e) = wire::encode(&reply.into(), 1) {
-        panic!("the solver's outcome does not fit in a SolveReply: {}", wire::error_chain(&e));
+        panic!(
+            "the solver's outcome does not fit in a SolveReply: {}",
+            wire::error_chain(&e)
+        );
     }
     Outcome::Accepted
 }

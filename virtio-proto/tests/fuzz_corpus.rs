@@ -3,7 +3,12 @@
 //! was added to the corpus stays fixed.
 
 // Test code: a panic is how a test reports failure (as clippy.toml allows inside #[test]).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 

@@ -7,7 +7,12 @@
 //! the fuzz seed corpora under `fuzz/corpus/`.
 
 // Test code: a panic is how a test reports failure (as clippy.toml allows inside #[test]).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 
@@ -25,7 +30,10 @@ fn encoder_reproduces_every_golden_vector() {
 
         let bytes = wire::encode(&message, request_id).unwrap();
 
-        assert_eq!(bytes, expected, "{name}: encoder output differs from the golden vector");
+        assert_eq!(
+            bytes, expected,
+            "{name}: encoder output differs from the golden vector"
+        );
     }
 }
 
@@ -39,24 +47,35 @@ fn decoder_accepts_every_golden_vector_and_round_trips() {
         assert_eq!(decoded, message, "{name}");
         assert_eq!(header.request_id, request_id, "{name}");
         assert_eq!(header.type_code, message.message_type().code(), "{name}");
-        assert_eq!(header.payload_len as usize, bytes.len() - wire::HEADER_SIZE, "{name}");
+        assert_eq!(
+            header.payload_len as usize,
+            bytes.len() - wire::HEADER_SIZE,
+            "{name}"
+        );
     }
 }
 
 #[test]
 fn every_message_type_has_a_golden_vector() {
-    let covered: BTreeSet<MessageType> =
-        golden_messages().iter().map(|(_, m, _)| m.message_type()).collect();
+    let covered: BTreeSet<MessageType> = golden_messages()
+        .iter()
+        .map(|(_, m, _)| m.message_type())
+        .collect();
 
-    let missing: Vec<_> = MessageType::ALL.iter().filter(|t| !covered.contains(t)).collect();
+    let missing: Vec<_> = MessageType::ALL
+        .iter()
+        .filter(|t| !covered.contains(t))
+        .collect();
 
     assert!(missing.is_empty(), "no golden vector for {missing:?}");
 }
 
 #[test]
 fn golden_directory_holds_no_stale_vectors() {
-    let expected: BTreeSet<String> =
-        golden_messages().iter().map(|(n, _, _)| format!("{n}.bin")).collect();
+    let expected: BTreeSet<String> = golden_messages()
+        .iter()
+        .map(|(n, _, _)| format!("{n}.bin"))
+        .collect();
 
     let present: BTreeSet<String> = fs::read_dir(golden_dir())
         .unwrap()
@@ -94,7 +113,13 @@ fn hex_dump(bytes: &[u8]) -> String {
         let hex: Vec<String> = chunk.iter().map(|b| format!("{b:02x}")).collect();
         let ascii: String = chunk
             .iter()
-            .map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' })
+            .map(|&b| {
+                if b.is_ascii_graphic() || b == b' ' {
+                    b as char
+                } else {
+                    '.'
+                }
+            })
             .collect();
         out.push_str(&format!("{:08x}: {:<47}  {ascii}\n", i * 16, hex.join(" ")));
     }
@@ -105,10 +130,20 @@ fn hex_dump(bytes: &[u8]) -> String {
 fn protocol_md_hex_dumps_match_the_golden_vectors() {
     let doc = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/PROTOCOL.md")).unwrap();
 
-    for name in ["hello", "ping", "pong", "hello_reply", "solve_small", "error_reply"] {
+    for name in [
+        "hello",
+        "ping",
+        "pong",
+        "hello_reply",
+        "solve_small",
+        "error_reply",
+    ] {
         let bytes = fs::read(golden_dir().join(format!("{name}.bin"))).unwrap();
         let dump = hex_dump(&bytes);
 
-        assert!(doc.contains(&dump), "PROTOCOL.md lacks the dump of {name}:\n{dump}");
+        assert!(
+            doc.contains(&dump),
+            "PROTOCOL.md lacks the dump of {name}:\n{dump}"
+        );
     }
 }

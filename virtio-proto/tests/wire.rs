@@ -2,7 +2,12 @@
 //! with the right error (and error code).
 
 // Test code: a panic is how a test reports failure (as clippy.toml allows inside #[test]).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod common;
 
@@ -13,7 +18,14 @@ use common::{arb_message, small_request};
 use proptest::prelude::*;
 
 fn ping_bytes() -> Vec<u8> {
-    encode(&Ping { payload: vec![1, 2, 3] }.into(), 7).unwrap()
+    encode(
+        &Ping {
+            payload: vec![1, 2, 3],
+        }
+        .into(),
+        7,
+    )
+    .unwrap()
 }
 
 /// `bytes` with the header's payload length set to the bytes present.
@@ -95,7 +107,12 @@ fn decode_short_header_returns_short_message() {
 
     let err = decode(&bytes[..HEADER_SIZE - 1]).unwrap_err();
 
-    assert_eq!(err, WireError::ShortMessage { len: HEADER_SIZE - 1 });
+    assert_eq!(
+        err,
+        WireError::ShortMessage {
+            len: HEADER_SIZE - 1
+        }
+    );
     assert_eq!(err.code(), ErrorCode::SHORT_MESSAGE);
 }
 
@@ -111,7 +128,12 @@ fn decode_bad_magic_returns_bad_magic() {
 
     let err = decode(&bytes).unwrap_err();
 
-    assert_eq!(err, WireError::BadMagic { found: u32::from_le_bytes(*b"XBRK") });
+    assert_eq!(
+        err,
+        WireError::BadMagic {
+            found: u32::from_le_bytes(*b"XBRK")
+        }
+    );
     assert_eq!(err.code(), ErrorCode::BAD_MAGIC);
 }
 
@@ -131,7 +153,10 @@ fn decode_version_zero_returns_unsupported_version() {
     let mut bytes = ping_bytes();
     bytes[4..6].copy_from_slice(&0u16.to_le_bytes());
 
-    assert_eq!(decode(&bytes), Err(WireError::UnsupportedVersion { version: 0 }));
+    assert_eq!(
+        decode(&bytes),
+        Err(WireError::UnsupportedVersion { version: 0 })
+    );
 }
 
 #[test]
@@ -140,7 +165,13 @@ fn decode_payload_shorter_than_announced_returns_length_mismatch() {
 
     let err = decode(&bytes[..bytes.len() - 1]).unwrap_err();
 
-    assert_eq!(err, WireError::LengthMismatch { announced: 4, present: 3 });
+    assert_eq!(
+        err,
+        WireError::LengthMismatch {
+            announced: 4,
+            present: 3
+        }
+    );
     assert_eq!(err.code(), ErrorCode::LENGTH_MISMATCH);
 }
 
@@ -149,7 +180,13 @@ fn decode_payload_longer_than_announced_returns_length_mismatch() {
     let mut bytes = ping_bytes();
     bytes.push(0);
 
-    assert_eq!(decode(&bytes), Err(WireError::LengthMismatch { announced: 4, present: 5 }));
+    assert_eq!(
+        decode(&bytes),
+        Err(WireError::LengthMismatch {
+            announced: 4,
+            present: 5
+        })
+    );
 }
 
 #[test]
@@ -161,7 +198,10 @@ fn decode_announced_length_over_the_maximum_returns_message_too_large() {
 
     assert_eq!(
         err,
-        WireError::MessageTooLarge { len: MAX_PAYLOAD_SIZE + 1, max: MAX_PAYLOAD_SIZE }
+        WireError::MessageTooLarge {
+            len: MAX_PAYLOAD_SIZE + 1,
+            max: MAX_PAYLOAD_SIZE
+        }
     );
     assert_eq!(err.code(), ErrorCode::MESSAGE_TOO_LARGE);
 }
@@ -183,7 +223,13 @@ fn decode_trailing_bytes_returns_trailing_bytes() {
 
     let err = decode(&bytes).unwrap_err();
 
-    assert_eq!(err, WireError::TrailingBytes { ty: MessageType::Ping, trailing: 2 });
+    assert_eq!(
+        err,
+        WireError::TrailingBytes {
+            ty: MessageType::Ping,
+            trailing: 2
+        }
+    );
     assert_eq!(err.code(), ErrorCode::TRAILING_BYTES);
 }
 
@@ -206,7 +252,13 @@ fn decode_malformed_payload_returns_malformed() {
     let err = decode(&bytes).unwrap_err();
 
     assert!(
-        matches!(err, WireError::Malformed { ty: MessageType::Ping, .. }),
+        matches!(
+            err,
+            WireError::Malformed {
+                ty: MessageType::Ping,
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert_eq!(err.code(), ErrorCode::MALFORMED_PAYLOAD);
@@ -217,7 +269,10 @@ fn decode_unknown_enum_tag_returns_malformed() {
     // Grant: buffer 1, grantee "", access tag 2 (no such variant).
     let bytes = raw(MessageType::Grant.code(), 1, &[1, 0, 2]);
 
-    assert_eq!(decode(&bytes).unwrap_err().code(), ErrorCode::MALFORMED_PAYLOAD);
+    assert_eq!(
+        decode(&bytes).unwrap_err().code(),
+        ErrorCode::MALFORMED_PAYLOAD
+    );
 }
 
 #[test]
@@ -225,7 +280,10 @@ fn decode_bool_other_than_zero_or_one_returns_malformed() {
     // SolveReply::Unsatisfiable: no conflicts, minimal = 2, no split, no notes.
     let bytes = raw(MessageType::SolveReply.code(), 1, &[1, 0, 2, 0, 0]);
 
-    assert_eq!(decode(&bytes).unwrap_err().code(), ErrorCode::MALFORMED_PAYLOAD);
+    assert_eq!(
+        decode(&bytes).unwrap_err().code(),
+        ErrorCode::MALFORMED_PAYLOAD
+    );
 }
 
 #[test]
@@ -233,7 +291,10 @@ fn decode_option_tag_other_than_zero_or_one_returns_malformed() {
     // SolveReply::Unsatisfiable: no conflicts, minimal = 1, split tag 2, no notes.
     let bytes = raw(MessageType::SolveReply.code(), 1, &[1, 0, 1, 2, 0]);
 
-    assert_eq!(decode(&bytes).unwrap_err().code(), ErrorCode::MALFORMED_PAYLOAD);
+    assert_eq!(
+        decode(&bytes).unwrap_err().code(),
+        ErrorCode::MALFORMED_PAYLOAD
+    );
 }
 
 #[test]
@@ -241,7 +302,10 @@ fn decode_invalid_utf8_returns_malformed() {
     // Grant: buffer 1, grantee of one byte 0xff, read-only.
     let bytes = raw(MessageType::Grant.code(), 1, &[1, 1, 0xff, 0]);
 
-    assert_eq!(decode(&bytes).unwrap_err().code(), ErrorCode::MALFORMED_PAYLOAD);
+    assert_eq!(
+        decode(&bytes).unwrap_err().code(),
+        ErrorCode::MALFORMED_PAYLOAD
+    );
 }
 
 #[test]
@@ -267,7 +331,10 @@ fn decode_unknown_usage_bits_returns_malformed() {
     bytes.insert(at + 1, 0x40);
     let bytes = fix_length(bytes);
 
-    assert_eq!(decode(&bytes).unwrap_err().code(), ErrorCode::MALFORMED_PAYLOAD);
+    assert_eq!(
+        decode(&bytes).unwrap_err().code(),
+        ErrorCode::MALFORMED_PAYLOAD
+    );
 }
 
 #[test]
@@ -310,7 +377,16 @@ fn decode_request_with_too_many_participants_returns_limit_exceeded() {
 
     let err = decode(&raw(MessageType::Solve.code(), 1, &payload)).unwrap_err();
 
-    assert!(matches!(err, WireError::Limit { ty: MessageType::Solve, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            WireError::Limit {
+                ty: MessageType::Solve,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert_eq!(err.code(), ErrorCode::LIMIT_EXCEEDED);
 }
 
@@ -322,8 +398,11 @@ fn decode_participant_without_alternatives_returns_limit_exceeded() {
         usage: Usage::empty(),
         alternatives: vec![],
     };
-    let payload =
-        postcard::to_stdvec(&RegisterParticipant { name: "x".into(), participant }).unwrap();
+    let payload = postcard::to_stdvec(&RegisterParticipant {
+        name: "x".into(),
+        participant,
+    })
+    .unwrap();
 
     let err = decode(&raw(MessageType::RegisterParticipant.code(), 1, &payload)).unwrap_err();
 
@@ -362,7 +441,9 @@ fn decode_long_name_returns_limit_exceeded() {
 
 #[test]
 fn encode_refuses_a_message_over_its_limits() {
-    let ping = Ping { payload: vec![0; MAX_PING_PAYLOAD + 1] };
+    let ping = Ping {
+        payload: vec![0; MAX_PING_PAYLOAD + 1],
+    };
 
     let err = encode(&ping.into(), 1).unwrap_err();
 
@@ -469,7 +550,10 @@ fn negotiate_without_a_common_version_fails_with_unsupported_version() {
         client: String::new(),
     };
 
-    assert_eq!(negotiate(&hello, Features::all()), Err(ErrorCode::UNSUPPORTED_VERSION));
+    assert_eq!(
+        negotiate(&hello, Features::all()),
+        Err(ErrorCode::UNSUPPORTED_VERSION)
+    );
 }
 
 #[test]
@@ -498,4 +582,88 @@ fn error_codes_are_unique_and_named() {
     assert_eq!(codes.len(), ErrorCode::ALL.len());
     assert!(ErrorCode::ALL.iter().all(|c| c.name().is_some()));
     assert_eq!(ErrorCode(0x7777).name(), None);
+}
+
+#[test]
+fn solve_reply_from_the_outcome_of_a_maximal_unsatisfiable_request_fits_in_a_message() {
+    use bufbroker_proto::limits::{MAX_ALTERNATIVES, MAX_FORMATS};
+    use bufbroker_proto::{ConstraintSet, FormatModifiers, Fourcc, solve};
+    // 16 participants × 8 alternatives × 64 formats, no two participants sharing a format.
+    let participants: Vec<Participant> = (0..MAX_PARTICIPANTS as u32)
+        .map(|p| Participant {
+            id: ParticipantId::GuestLocal(p),
+            label: format!("participant-{p:0>200}"),
+            usage: Usage::empty(),
+            alternatives: (0..MAX_ALTERNATIVES as u32)
+                .map(|a| ConstraintSet {
+                    formats: (0..MAX_FORMATS as u32)
+                        .map(|f| FormatModifiers {
+                            fourcc: Fourcc(0x1000_0000 + (p << 16) + (a << 8) + f),
+                            modifiers: vec![],
+                        })
+                        .collect(),
+                    ..ConstraintSet::default()
+                })
+                .collect(),
+        })
+        .collect();
+    let request = bufbroker_proto::Request {
+        participants,
+        ..small_request()
+    };
+    let request = bufbroker_proto::Request {
+        formats: vec![],
+        ..request
+    };
+    let solve_bytes = encode(
+        &Solve {
+            request: request.clone(),
+        }
+        .into(),
+        1,
+    );
+    let heaps = [bufbroker_proto::HeapInfo::memfd()];
+
+    let outcome = solve(&request, &heaps);
+
+    assert!(solve_bytes.is_ok(), "{solve_bytes:?}");
+    let Err(bufbroker_proto::SolveError::Unsatisfiable(diagnostic)) = &outcome else {
+        panic!("expected unsatisfiable, got {outcome:?}");
+    };
+    let untrimmed = encode(&SolveReply::Unsatisfiable(diagnostic.clone()).into(), 1);
+    let reply = SolveReply::from_outcome(outcome).unwrap();
+    let bytes = encode(&reply.into(), 1);
+    assert!(
+        untrimmed.is_err(),
+        "the sample no longer needs trimming; make it larger"
+    );
+    assert!(bytes.is_ok(), "{:?}", bytes.map(|b| b.len()));
+}
+
+#[test]
+fn fit_diagnostic_lists_at_most_the_limit_and_says_how_many_were_left_out() {
+    use bufbroker_proto::solver::{Conflict, ConstraintKind, ConstraintOwner};
+    let conflict = Conflict {
+        owner: ConstraintOwner::Request,
+        kind: ConstraintKind::Formats,
+        value: "x".repeat(5000),
+    };
+    let diagnostic = bufbroker_proto::Diagnostic {
+        conflicts: vec![conflict; MAX_DIAGNOSTIC_ENTRIES + 3],
+        minimal: true,
+        split: None,
+        notes: vec!["n".into(); MAX_DIAGNOSTIC_ENTRIES + 10],
+    };
+
+    let fitted = fit_diagnostic(diagnostic);
+
+    assert_eq!(fitted.conflicts.len(), MAX_DIAGNOSTIC_ENTRIES);
+    assert!(!fitted.minimal);
+    assert_eq!(fitted.notes.len(), MAX_DIAGNOSTIC_ENTRIES);
+    assert_eq!(fitted.notes[0], "3 more conflicting constraints not listed");
+    assert_eq!(
+        fitted.notes[MAX_DIAGNOSTIC_ENTRIES - 1],
+        "12 more notes not listed"
+    );
+    assert!(encode(&SolveReply::Unsatisfiable(Box::new(fitted)).into(), 1).is_ok());
 }

@@ -4,12 +4,19 @@
 //! One test only: the counting allocator is process-wide, so nothing may run beside it.
 
 // Test code: a panic is how a test reports failure (as clippy.toml allows inside #[test]).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bufbroker_proto::wire::{self, HEADER_SIZE, Header, MAX_PAYLOAD_SIZE, MessageType, PROTOCOL_VERSION};
+use bufbroker_proto::wire::{
+    self, HEADER_SIZE, Header, MAX_PAYLOAD_SIZE, MessageType, PROTOCOL_VERSION,
+};
 
 struct Counting;
 
@@ -112,29 +119,64 @@ fn decoding_adversarial_messages_stays_under_the_documented_bound() {
 
     let cases: Vec<(&str, Vec<u8>)> = vec![
         // 4-byte participants (Cpu, "", no usage, no alternatives).
-        ("participants", fill_list(MessageType::Solve, REQUEST_HEAD, &[0, 0, 0, 0])),
+        (
+            "participants",
+            fill_list(MessageType::Solve, REQUEST_HEAD, &[0, 0, 0, 0]),
+        ),
         // 2-byte formats (fourcc 0, no modifiers).
-        ("formats", fill_list(MessageType::Solve, &set_prefix, &[0, 0])),
+        (
+            "formats",
+            fill_list(MessageType::Solve, &set_prefix, &[0, 0]),
+        ),
         // 1-byte heap names (empty strings): 24 bytes of memory per input byte.
-        ("heap names", fill_list(MessageType::Solve, &heaps_prefix, &[0])),
+        (
+            "heap names",
+            fill_list(MessageType::Solve, &heaps_prefix, &[0]),
+        ),
         // 3-byte conflicts (owner Request, kind Formats, empty value).
-        ("conflicts", fill_list(MessageType::SolveReply, &[1], &[0, 0, 0])),
+        (
+            "conflicts",
+            fill_list(MessageType::SolveReply, &[1], &[0, 0, 0]),
+        ),
         // 1-byte notes after an empty conflict list and no split.
-        ("notes", fill_list(MessageType::SolveReply, &[1, 0, 0, 0], &[0])),
+        (
+            "notes",
+            fill_list(MessageType::SolveReply, &[1, 0, 0, 0], &[0]),
+        ),
         // 6-byte owner entries (empty name, zero counters).
-        ("owners", fill_list(MessageType::StatsReply, &[], &[0, 0, 0, 0, 0, 0])),
+        (
+            "owners",
+            fill_list(MessageType::StatsReply, &[], &[0, 0, 0, 0, 0, 0]),
+        ),
         ("nested claims", message(MessageType::Solve, &nested)),
-        ("u64::MAX claim", message(MessageType::Ping, &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])),
+        (
+            "u64::MAX claim",
+            message(
+                MessageType::Ping,
+                &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+            ),
+        ),
     ];
 
     let mut worst = 0;
     for (name, bytes) in &cases {
         assert!(bytes.len() <= HEADER_SIZE + MAX_PAYLOAD_SIZE, "{name}");
         let peak = peak_of(bytes);
-        println!("{name:>16}: {} bytes in, peak {} KiB", bytes.len(), peak / 1024);
+        println!(
+            "{name:>16}: {} bytes in, peak {} KiB",
+            bytes.len(),
+            peak / 1024
+        );
         worst = worst.max(peak);
     }
 
-    println!("worst peak: {} KiB (bound {} KiB)", worst / 1024, BOUND / 1024);
-    assert!(worst < BOUND, "peak {worst} bytes exceeds the documented bound");
+    println!(
+        "worst peak: {} KiB (bound {} KiB)",
+        worst / 1024,
+        BOUND / 1024
+    );
+    assert!(
+        worst < BOUND,
+        "peak {worst} bytes exceeds the documented bound"
+    );
 }

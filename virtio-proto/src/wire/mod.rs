@@ -44,10 +44,12 @@
 //! documented in `PROTOCOL.md` ("Resource bounds").
 
 mod error;
+mod fit;
 mod message;
 mod validate;
 
 pub use error::{ErrorCode, WireError};
+pub use fit::{fit_diagnostic, fit_solution};
 pub use message::*;
 pub use validate::check_message;
 
@@ -74,6 +76,10 @@ pub const MAX_PING_PAYLOAD: usize = 1024;
 pub const MAX_GUEST_RANGES: usize = 256;
 /// Most plans in one `SolveReply`.
 pub const MAX_PLANS: usize = 16;
+/// Most ignored extensions in one `SolveReply`: one per extension of every alternative of
+/// every participant, so a solver outcome never exceeds it.
+pub const MAX_IGNORED_EXTENSIONS: usize =
+    MAX_PARTICIPANTS * MAX_ALTERNATIVES * crate::limits::MAX_EXTENSIONS;
 /// Most conflicts, and most notes, in one diagnostic.
 pub const MAX_DIAGNOSTIC_ENTRIES: usize = 64;
 /// Longest diagnostic text (a conflict's value, a note) in bytes.

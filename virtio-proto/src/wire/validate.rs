@@ -5,16 +5,14 @@
 //! and the encoder run these checks, so a peer never produces a message the other side
 //! rejects for its limits.
 
-use crate::limits::{
-    self, LimitError, MAX_BUFFER_COUNT, MAX_EXTENSIONS, MAX_PARTICIPANTS, MAX_PLANES, MAX_STRING,
-};
+use crate::limits::{self, LimitError, MAX_BUFFER_COUNT, MAX_PARTICIPANTS, MAX_PLANES, MAX_STRING};
 use crate::plan::Plan;
 use crate::solver::{ConstraintOwner, Diagnostic, Solution};
 
 use super::message::{Event, Message, Placement, SolveReply};
 use super::{
-    MAX_DIAGNOSTIC_ENTRIES, MAX_ERROR_MESSAGE, MAX_GUEST_RANGES, MAX_PING_PAYLOAD, MAX_PLANS,
-    MAX_STATS_OWNERS, MAX_TEXT,
+    MAX_DIAGNOSTIC_ENTRIES, MAX_ERROR_MESSAGE, MAX_GUEST_RANGES, MAX_IGNORED_EXTENSIONS,
+    MAX_PING_PAYLOAD, MAX_PLANS, MAX_STATS_OWNERS, MAX_TEXT,
 };
 
 fn count(what: &'static str, len: usize, max: usize) -> Result<(), LimitError> {
@@ -45,7 +43,7 @@ fn solution(s: &Solution) -> Result<(), LimitError> {
     count(
         "ignored extensions",
         s.ignored_extensions.len(),
-        MAX_PARTICIPANTS * MAX_EXTENSIONS,
+        MAX_IGNORED_EXTENSIONS,
     )
 }
 
@@ -98,7 +96,9 @@ pub fn check_message(message: &Message) -> Result<(), LimitError> {
         Message::ImportReply(m) => plan(&m.plan),
         Message::StatsReply(m) => {
             count("owners", m.owners.len(), MAX_STATS_OWNERS)?;
-            m.owners.iter().try_for_each(|o| string("owner name", &o.owner))
+            m.owners
+                .iter()
+                .try_for_each(|o| string("owner name", &o.owner))
         }
         Message::Event(Event::BufferRevoked { reason, .. }) => string("revocation reason", reason),
         Message::Event(Event::ParticipantGone { name }) => string("participant name", name),
@@ -122,4 +122,3 @@ pub fn check_message(message: &Message) -> Result<(), LimitError> {
         | Message::LimitsReply(_) => Ok(()),
     }
 }
-

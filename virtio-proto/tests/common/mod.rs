@@ -2,8 +2,12 @@
 //! fuzz seed corpora, and proptest strategies for every message.
 
 // Test code: a panic is how a test reports failure.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
-
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -25,7 +29,9 @@ pub fn golden_dir() -> PathBuf {
 }
 
 pub fn corpus_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target)
 }
 
 pub const NV12: Fourcc = Fourcc::from_chars(*b"NV12");
@@ -134,9 +140,15 @@ pub fn solve_seed_requests() -> Vec<(&'static str, Request)> {
     let mut tiled = small_request();
     tiled.participants[0].alternatives[0].formats = vec![FormatModifiers {
         fourcc: XR24,
-        modifiers: vec![Modifier::I915_Y_TILED, Modifier::I915_X_TILED, Modifier::LINEAR],
+        modifiers: vec![
+            Modifier::I915_Y_TILED,
+            Modifier::I915_X_TILED,
+            Modifier::LINEAR,
+        ],
     }];
-    tiled.participants[0].alternatives[0].layout.stride_alignment = 128;
+    tiled.participants[0].alternatives[0]
+        .layout
+        .stride_alignment = 128;
     let mut unsatisfiable = video_request();
     unsatisfiable.formats = vec![XR24];
     vec![
@@ -233,8 +245,22 @@ pub fn golden_messages() -> Vec<(&'static str, Message, u32)> {
             .into(),
             1,
         ),
-        ("ping", Ping { payload: vec![0xde, 0xad, 0xbe, 0xef] }.into(), 2),
-        ("pong", Pong { payload: vec![0xde, 0xad, 0xbe, 0xef] }.into(), 2),
+        (
+            "ping",
+            Ping {
+                payload: vec![0xde, 0xad, 0xbe, 0xef],
+            }
+            .into(),
+            2,
+        ),
+        (
+            "pong",
+            Pong {
+                payload: vec![0xde, 0xad, 0xbe, 0xef],
+            }
+            .into(),
+            2,
+        ),
         (
             "register_participant",
             RegisterParticipant {
@@ -288,8 +314,22 @@ pub fn golden_messages() -> Vec<(&'static str, Message, u32)> {
             .into(),
             4,
         ),
-        ("solve_small", Solve { request: small_request() }.into(), 5),
-        ("solve_video", Solve { request: video_request() }.into(), 6),
+        (
+            "solve_small",
+            Solve {
+                request: small_request(),
+            }
+            .into(),
+            5,
+        ),
+        (
+            "solve_video",
+            Solve {
+                request: video_request(),
+            }
+            .into(),
+            6,
+        ),
         (
             "solve_reply_solved",
             SolveReply::Solved(Solution {
@@ -424,9 +464,30 @@ pub fn golden_messages() -> Vec<(&'static str, Message, u32)> {
             .into(),
             9,
         ),
-        ("free", Free { buffer: BufferId(1) }.into(), 11),
-        ("free_reply", FreeReply { buffer: BufferId(1) }.into(), 11),
-        ("export", Export { buffer: BufferId(1) }.into(), 12),
+        (
+            "free",
+            Free {
+                buffer: BufferId(1),
+            }
+            .into(),
+            11,
+        ),
+        (
+            "free_reply",
+            FreeReply {
+                buffer: BufferId(1),
+            }
+            .into(),
+            11,
+        ),
+        (
+            "export",
+            Export {
+                buffer: BufferId(1),
+            }
+            .into(),
+            12,
+        ),
         (
             "export_reply",
             ExportReply {
@@ -482,7 +543,14 @@ pub fn golden_messages() -> Vec<(&'static str, Message, u32)> {
             .into(),
             14,
         ),
-        ("map", Map { buffer: BufferId(1) }.into(), 15),
+        (
+            "map",
+            Map {
+                buffer: BufferId(1),
+            }
+            .into(),
+            15,
+        ),
         (
             "map_reply",
             MapReply {
@@ -494,8 +562,22 @@ pub fn golden_messages() -> Vec<(&'static str, Message, u32)> {
             .into(),
             15,
         ),
-        ("unmap", Unmap { buffer: BufferId(1) }.into(), 16),
-        ("unmap_reply", UnmapReply { buffer: BufferId(1) }.into(), 16),
+        (
+            "unmap",
+            Unmap {
+                buffer: BufferId(1),
+            }
+            .into(),
+            16,
+        ),
+        (
+            "unmap_reply",
+            UnmapReply {
+                buffer: BufferId(1),
+            }
+            .into(),
+            16,
+        ),
         ("query_stats", QueryStats.into(), 17),
         (
             "stats_reply",
@@ -542,7 +624,11 @@ pub fn golden_messages() -> Vec<(&'static str, Message, u32)> {
         ),
         (
             "error_reply",
-            ErrorReply::new(ErrorCode::UNKNOWN_MESSAGE_TYPE, "unknown message type 0x0777").into(),
+            ErrorReply::new(
+                ErrorCode::UNKNOWN_MESSAGE_TYPE,
+                "unknown message type 0x0777",
+            )
+            .into(),
             19,
         ),
     ]
@@ -551,14 +637,13 @@ pub fn golden_messages() -> Vec<(&'static str, Message, u32)> {
 // ---- proptest strategies -------------------------------------------------------------------
 
 fn arb_string(max: usize) -> impl Strategy<Value = String> {
-    prop::collection::vec(any::<char>(), 0..8)
-        .prop_map(move |cs| {
-            let mut s: String = cs.into_iter().collect();
-            while s.len() > max {
-                s.pop();
-            }
-            s
-        })
+    prop::collection::vec(any::<char>(), 0..8).prop_map(move |cs| {
+        let mut s: String = cs.into_iter().collect();
+        while s.len() > max {
+            s.pop();
+        }
+        s
+    })
 }
 
 fn arb_usage() -> impl Strategy<Value = Usage> {
@@ -572,18 +657,26 @@ fn arb_cache_mode() -> impl Strategy<Value = CacheMode> {
 fn arb_participant_id() -> impl Strategy<Value = ParticipantId> {
     prop_oneof![
         Just(ParticipantId::Cpu),
-        (any::<u16>(), any::<u8>(), any::<u8>(), any::<u8>(), any::<u16>(), any::<u16>()).prop_map(
-            |(domain, bus, device, function, vendor, dev)| ParticipantId::Pci {
-                address: PciAddress {
-                    domain,
-                    bus,
-                    device,
-                    function,
-                },
-                vendor,
-                device: dev,
-            }
-        ),
+        (
+            any::<u16>(),
+            any::<u8>(),
+            any::<u8>(),
+            any::<u8>(),
+            any::<u16>(),
+            any::<u16>()
+        )
+            .prop_map(
+                |(domain, bus, device, function, vendor, dev)| ParticipantId::Pci {
+                    address: PciAddress {
+                        domain,
+                        bus,
+                        device,
+                        function,
+                    },
+                    vendor,
+                    device: dev,
+                }
+            ),
         arb_string(64).prop_map(ParticipantId::Sysfs),
         arb_string(64).prop_map(ParticipantId::Vfio),
         any::<u32>().prop_map(ParticipantId::GuestLocal),
@@ -593,18 +686,38 @@ fn arb_participant_id() -> impl Strategy<Value = ParticipantId> {
 
 fn arb_constraint_set() -> impl Strategy<Value = ConstraintSet> {
     let formats = prop::collection::vec(
-        (any::<u32>(), prop::collection::vec(any::<u64>().prop_map(Modifier), 0..3)).prop_map(
-            |(f, modifiers)| FormatModifiers {
+        (
+            any::<u32>(),
+            prop::collection::vec(any::<u64>().prop_map(Modifier), 0..3),
+        )
+            .prop_map(|(f, modifiers)| FormatModifiers {
                 fourcc: Fourcc(f),
                 modifiers,
-            },
-        ),
+            }),
         0..3,
     );
     let layout = (
-        (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()),
-        (prop::collection::vec(any::<u32>(), 0..4), any::<bool>(), any::<bool>(), any::<u64>()),
-        (any::<u32>(), any::<u32>(), any::<u32>(), any::<u64>(), any::<u32>(), any::<bool>()),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+        ),
+        (
+            prop::collection::vec(any::<u32>(), 0..4),
+            any::<bool>(),
+            any::<bool>(),
+            any::<u64>(),
+        ),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<bool>(),
+        ),
     )
         .prop_map(
             |((sa, oa, za, ha, wa), (rows, exact, b2b, base), (mw, mh, ms, msz, mp, sep))| {
@@ -642,7 +755,17 @@ fn arb_constraint_set() -> impl Strategy<Value = ConstraintSet> {
         any::<bool>(),
     )
         .prop_map(
-            |(heaps, contiguous, address_bits, behind_iommu, iova_ranges, coherent, cache_modes, protected, dmabuf)| {
+            |(
+                heaps,
+                contiguous,
+                address_bits,
+                behind_iommu,
+                iova_ranges,
+                coherent,
+                cache_modes,
+                protected,
+                dmabuf,
+            )| {
                 MemoryConstraints {
                     heaps,
                     contiguous,
@@ -657,7 +780,12 @@ fn arb_constraint_set() -> impl Strategy<Value = ConstraintSet> {
             },
         );
     let extensions = prop::collection::vec(
-        (any::<u32>(), any::<u32>(), any::<bool>(), prop::collection::vec(any::<u8>(), 0..8))
+        (
+            any::<u32>(),
+            any::<u32>(),
+            any::<bool>(),
+            prop::collection::vec(any::<u8>(), 0..8),
+        )
             .prop_map(|(vendor, code, required, payload)| Extension {
                 vendor,
                 code,
@@ -701,22 +829,29 @@ pub fn arb_request() -> impl Strategy<Value = Request> {
         prop::collection::vec(arb_participant(), 1..3),
         1u32..=64,
     )
-        .prop_map(|(width, height, formats, usage, participants, count)| Request {
-            width,
-            height,
-            formats,
-            usage,
-            participants,
-            count,
-        })
+        .prop_map(
+            |(width, height, formats, usage, participants, count)| Request {
+                width,
+                height,
+                formats,
+                usage,
+                participants,
+                count,
+            },
+        )
 }
 
 pub fn arb_plan() -> impl Strategy<Value = Plan> {
     (
         (any::<u32>(), any::<u64>(), any::<u32>(), any::<u32>()),
         prop::collection::vec(
-            (any::<u64>(), any::<u32>(), any::<u64>())
-                .prop_map(|(offset, stride, size)| PlaneLayout { offset, stride, size }),
+            (any::<u64>(), any::<u32>(), any::<u64>()).prop_map(|(offset, stride, size)| {
+                PlaneLayout {
+                    offset,
+                    stride,
+                    size,
+                }
+            }),
             0..=4,
         ),
         (any::<u64>(), any::<u64>(), arb_string(16), arb_cache_mode()),
@@ -724,7 +859,13 @@ pub fn arb_plan() -> impl Strategy<Value = Plan> {
         prop::collection::vec(any::<u32>(), 0..4),
     )
         .prop_map(
-            |((f, m, width, height), planes, (size, alignment, heap, cache_mode), (contiguous, address_bits, coherent, usage), alternatives)| Plan {
+            |(
+                (f, m, width, height),
+                planes,
+                (size, alignment, heap, cache_mode),
+                (contiguous, address_bits, coherent, usage),
+                alternatives,
+            )| Plan {
                 fourcc: Fourcc(f),
                 modifier: Modifier(m),
                 width,
@@ -747,15 +888,22 @@ fn arb_solution() -> impl Strategy<Value = Solution> {
     (
         prop::collection::vec(arb_plan(), 0..3),
         prop::collection::vec(
-            (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(
-                |(participant, alternative, vendor, code, required)| IgnoredExtension {
-                    participant,
-                    alternative,
-                    vendor,
-                    code,
-                    required,
-                },
-            ),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<bool>(),
+            )
+                .prop_map(|(participant, alternative, vendor, code, required)| {
+                    IgnoredExtension {
+                        participant,
+                        alternative,
+                        vendor,
+                        code,
+                        required,
+                    }
+                }),
             0..3,
         ),
     )
@@ -772,7 +920,11 @@ fn arb_diagnostic() -> impl Strategy<Value = Diagnostic> {
         (any::<u32>(), arb_string(32))
             .prop_map(|(index, label)| ConstraintOwner::Participant { index, label }),
     ];
-    let conflict = (owner, prop::sample::select(ConstraintKind::ALL.to_vec()), arb_string(64))
+    let conflict = (
+        owner,
+        prop::sample::select(ConstraintKind::ALL.to_vec()),
+        arb_string(64),
+    )
         .prop_map(|(owner, kind, value)| Conflict { owner, kind, value });
     let split = prop::option::of(
         (
@@ -833,8 +985,11 @@ fn arb_location() -> impl Strategy<Value = Location> {
 }
 
 fn arb_buffer_info() -> impl Strategy<Value = BufferInfo> {
-    (arb_buffer(), arb_uuid(), arb_location())
-        .prop_map(|(id, uuid, location)| BufferInfo { id, uuid, location })
+    (arb_buffer(), arb_uuid(), arb_location()).prop_map(|(id, uuid, location)| BufferInfo {
+        id,
+        uuid,
+        location,
+    })
 }
 
 fn arb_access() -> impl Strategy<Value = Access> {
@@ -894,16 +1049,22 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
         ),
         bytes().prop_map(|payload| Ping { payload }.into()),
         bytes().prop_map(|payload| Pong { payload }.into()),
-        (arb_string(32), arb_participant())
-            .prop_map(|(name, participant)| RegisterParticipant { name, participant }.into()),
+        (arb_string(32), arb_participant()).prop_map(|(name, participant)| RegisterParticipant {
+            name,
+            participant
+        }
+        .into()),
         handle().prop_map(|handle| RegisterParticipantReply { handle }.into()),
         handle().prop_map(|handle| UnregisterParticipant { handle }.into()),
         handle().prop_map(|handle| UnregisterParticipantReply { handle }.into()),
         arb_request().prop_map(|request| Solve { request }.into()),
         arb_solution().prop_map(|s| SolveReply::Solved(s).into()),
         arb_diagnostic().prop_map(|d| SolveReply::Unsatisfiable(Box::new(d)).into()),
-        (arb_request(), arb_placement())
-            .prop_map(|(request, placement)| Allocate { request, placement }.into()),
+        (arb_request(), arb_placement()).prop_map(|(request, placement)| Allocate {
+            request,
+            placement
+        }
+        .into()),
         (arb_plan(), prop::collection::vec(arb_buffer_info(), 0..4))
             .prop_map(|(plan, buffers)| AllocateReply { plan, buffers }.into()),
         arb_buffer().prop_map(|buffer| Free { buffer }.into()),
@@ -919,10 +1080,20 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
             ]
         )
             .prop_map(|(uuid, view)| Import { uuid, view }.into()),
-        (arb_buffer_info(), arb_plan(), arb_access())
-            .prop_map(|(buffer, plan, access)| ImportReply { buffer, plan, access }.into()),
-        (arb_buffer(), arb_string(32), arb_access())
-            .prop_map(|(buffer, grantee, access)| Grant { buffer, grantee, access }.into()),
+        (arb_buffer_info(), arb_plan(), arb_access()).prop_map(|(buffer, plan, access)| {
+            ImportReply {
+                buffer,
+                plan,
+                access,
+            }
+            .into()
+        }),
+        (arb_buffer(), arb_string(32), arb_access()).prop_map(|(buffer, grantee, access)| Grant {
+            buffer,
+            grantee,
+            access
+        }
+        .into()),
         (arb_buffer(), arb_uuid()).prop_map(|(buffer, uuid)| GrantReply { buffer, uuid }.into()),
         arb_buffer().prop_map(|buffer| Map { buffer }.into()),
         (arb_buffer(), any::<u8>(), any::<u64>(), any::<u64>()).prop_map(
@@ -938,24 +1109,36 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
         arb_buffer().prop_map(|buffer| UnmapReply { buffer }.into()),
         Just(QueryStats.into()),
         prop::collection::vec(
-            (arb_string(16), any::<u64>(), any::<u32>(), any::<u32>(), any::<u64>(), any::<u32>())
-                .prop_map(|(owner, bytes, buffers, in_flight, quota_bytes, quota_buffers)| {
-                    OwnerStats {
-                        owner,
-                        bytes,
-                        buffers,
-                        in_flight,
-                        quota_bytes,
-                        quota_buffers,
+            (
+                arb_string(16),
+                any::<u64>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u64>(),
+                any::<u32>()
+            )
+                .prop_map(
+                    |(owner, bytes, buffers, in_flight, quota_bytes, quota_buffers)| {
+                        OwnerStats {
+                            owner,
+                            bytes,
+                            buffers,
+                            in_flight,
+                            quota_bytes,
+                            quota_buffers,
+                        }
                     }
-                }),
+                ),
             0..4
         )
         .prop_map(|owners| StatsReply { owners }.into()),
         Just(QueryLimits.into()),
         arb_limits().prop_map(|limits| LimitsReply { limits }.into()),
         arb_event().prop_map(Message::from),
-        (any::<u16>(), arb_string(64))
-            .prop_map(|(code, message)| ErrorReply::new(ErrorCode(code), message).into()),
+        (any::<u16>(), arb_string(64)).prop_map(|(code, message)| ErrorReply::new(
+            ErrorCode(code),
+            message
+        )
+        .into()),
     ]
 }
