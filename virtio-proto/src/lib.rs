@@ -3,7 +3,8 @@
 //! Participants describe what a shared buffer must look like for them ([`constraint`]); a
 //! [`request`] names the image and the participants; the [`solver`] intersects them into ranked
 //! [`plan`]s or explains why no buffer can satisfy everyone. The [`wire`] module frames these as
-//! messages between guests, host clients and the broker.
+//! messages between guests, host clients and the broker (specified in `PROTOCOL.md`), and
+//! [`config_space`] is the virtio device's configuration-space layout.
 //!
 //! This crate does no I/O and contains no `unsafe`.
 
@@ -18,6 +19,10 @@ pub mod participant;
 pub mod plan;
 pub mod request;
 pub mod solver;
+pub mod config_space;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod wire;
 
 pub use constraint::{
     AddressRange, CacheMode, ConstraintSet, Extension, FormatModifiers, LayoutConstraints,
