@@ -11,17 +11,17 @@
 #![forbid(unsafe_code)]
 
 pub mod check;
+pub mod config_space;
 pub mod constraint;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod heap;
 pub mod limits;
 pub mod participant;
 pub mod plan;
 pub mod request;
 pub mod solver;
-pub mod config_space;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod wire;
 
 pub use constraint::{
