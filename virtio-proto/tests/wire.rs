@@ -667,3 +667,28 @@ fn fit_diagnostic_lists_at_most_the_limit_and_says_how_many_were_left_out() {
     );
     assert!(encode(&SolveReply::Unsatisfiable(Box::new(fitted)).into(), 1).is_ok());
 }
+
+#[test]
+fn the_round_trip_strategy_generates_every_message_type() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    use std::collections::BTreeSet;
+    let strategy = arb_message();
+    let mut runner = TestRunner::deterministic();
+
+    let seen: BTreeSet<MessageType> = (0..3000)
+        .map(|_| {
+            strategy
+                .new_tree(&mut runner)
+                .unwrap()
+                .current()
+                .message_type()
+        })
+        .collect();
+
+    let missing: Vec<_> = MessageType::ALL
+        .iter()
+        .filter(|t| !seen.contains(t))
+        .collect();
+    assert!(missing.is_empty(), "never generated: {missing:?}");
+}

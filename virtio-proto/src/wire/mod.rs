@@ -35,7 +35,7 @@
 //!   exceeds the bytes left, and serde caps any hint at 1 MiB per list. A hostile length
 //!   prefix therefore costs at most `min(bytes left, 1 MiB / size_of::<T>())` elements of
 //!   up-front capacity, and only for lists being decoded (at most one per nesting level,
-//!   five levels deep in `Request`: participants → alternatives → formats → modifiers).
+//!   four levels deep in `Request`: participants → alternatives → formats → modifiers).
 //! - Fully decoded data is at most `size_of::<T>()` bytes of memory per input byte for the
 //!   largest element type reached by a one-byte encoding (a `ConstraintSet` with every field
 //!   empty encodes in about 30 bytes; a `FormatModifiers` in 2 bytes for 32 bytes of memory).
