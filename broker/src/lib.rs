@@ -4,4 +4,5 @@
 pub mod args;
 pub mod cli;
 pub mod constraints_file;
+pub mod exposure;
 pub mod heap;
