@@ -6,15 +6,16 @@
 //! order (sorted by value), which makes the result independent of the order in the request.
 
 use std::collections::BTreeSet;
+use std::rc::Rc;
 
 use crate::constraint::{CacheMode, ConstraintSet, Usage};
 use crate::format::{FormatInfo, Fourcc, Modifier, ModifierInfo};
 use crate::heap::HeapInfo;
-use crate::limits::MAX_PLANES;
+use crate::limits::{MAX_PARTICIPANTS, MAX_PLANES};
 use crate::plan::Plan;
 use crate::request::Request;
 
-use super::layout::{LayoutRules, align_up, compute_layout_with, lcm};
+use super::layout::{FixedLayout, LayoutRules, align_up, compute_layout_fixed, lcm};
 use super::{ConstraintKind, IgnoredExtension, SolveError};
 
 /// Extensions this solver understands: `(vendor, code)`. None yet; the list exists so that
@@ -40,7 +41,7 @@ pub(crate) struct Alt<'a> {
     heap_rank: Vec<(usize, u16)>,
     /// Accepted `(fourcc, modifier)` keys with their rank, sorted by key; `None` when the set
     /// lists no formats (any format, linear).
-    pairs: Option<Vec<(u128, u16)>>,
+    pairs: Option<Rc<[(u128, u16)]>>,
 }
 
 /// A sortable key of a (format, modifier) pair.
@@ -48,22 +49,40 @@ fn pair_key(fourcc: Fourcc, modifier: Modifier) -> u128 {
     (u128::from(fourcc.0) << 64) | u128::from(modifier.0)
 }
 
-fn sorted_pairs(set: &ConstraintSet) -> Option<Vec<(u128, u16)>> {
+fn sorted_pairs(set: &ConstraintSet) -> Option<Rc<[(u128, u16)]>> {
     if set.formats.is_empty() {
         return None;
     }
-    let mut pairs = Vec::with_capacity(set.formats.len() * 2);
-    let mut rank = 0u16;
+    // The rank of a pair is its position in the flattened list. Sorting the formats and then
+    // each format's few modifiers is much cheaper than sorting all pairs at once.
+    let mut formats = Vec::with_capacity(set.formats.len());
+    let mut base = 0usize;
     for fm in &set.formats {
-        for &m in fm.effective_modifiers() {
-            pairs.push((pair_key(fm.fourcc, m), rank));
-            rank = rank.saturating_add(1);
-        }
+        let mods = fm.effective_modifiers();
+        formats.push((fm.fourcc, base, mods));
+        base += mods.len();
     }
-    // Keep the best rank of a pair listed twice.
-    pairs.sort_unstable();
-    pairs.dedup_by_key(|&mut (k, _)| k);
-    Some(pairs)
+    // `(fourcc, base)` is unique, so the unstable sort keeps list order within a format.
+    formats.sort_unstable_by_key(|&(f, b, _)| (f, b));
+    let mut pairs = Vec::with_capacity(base);
+    let mut mods: Vec<(Modifier, u16)> = Vec::new();
+    let mut rest = &formats[..];
+    while let Some(&(fourcc, _, _)) = rest.first() {
+        let same = rest.iter().take_while(|e| e.0 == fourcc).count();
+        let (group, tail) = rest.split_at(same);
+        rest = tail;
+        mods.clear();
+        for &(_, b, ms) in group {
+            for (j, &m) in ms.iter().enumerate() {
+                mods.push((m, u16::try_from(b + j).unwrap_or(u16::MAX)));
+            }
+        }
+        // Keep the best rank of a pair listed twice.
+        mods.sort_unstable();
+        mods.dedup_by_key(|&mut (m, _)| m);
+        pairs.extend(mods.iter().map(|&(m, r)| (pair_key(fourcc, m), r)));
+    }
+    Some(pairs.into())
 }
 
 /// One participant, prepared.
@@ -172,6 +191,15 @@ impl<'a> Problem<'a> {
                     continue;
                 }
                 let (heap_mask, heap_rank) = heap_prefs(set, heaps);
+                // Alternatives usually differ in layout or memory rules but list the same
+                // formats: reuse the sorted pairs of an earlier one instead of sorting again.
+                let pairs = match alts
+                    .iter()
+                    .find(|a: &&Alt<'_>| a.set.formats == set.formats)
+                {
+                    Some(same) => same.pairs.clone(),
+                    None => sorted_pairs(set),
+                };
                 alts.push(Alt {
                     index: ai as u32,
                     set,
@@ -179,7 +207,7 @@ impl<'a> Problem<'a> {
                     protected_usage: p.usage.contains(Usage::PROTECTED),
                     heap_mask,
                     heap_rank,
-                    pairs: sorted_pairs(set),
+                    pairs,
                 });
             }
             if alts.is_empty() {
@@ -275,9 +303,14 @@ impl<'a> Problem<'a> {
         };
         let mut any = pivot.is_none();
         for p in sources {
-            for alt in &p.alts {
+            for (ai, alt) in p.alts.iter().enumerate() {
                 if alt.set.formats.is_empty() {
                     any = true;
+                }
+                let earlier = p.alts.get(..ai).unwrap_or(&[]);
+                if earlier.iter().any(|a| a.set.formats == alt.set.formats) {
+                    // Same pairs as an earlier alternative.
+                    continue;
                 }
                 for fm in &alt.set.formats {
                     if format_allowed(fm.fourcc) {
@@ -298,20 +331,37 @@ impl<'a> Problem<'a> {
         }
         pairs.sort_unstable();
         pairs.dedup();
-        pairs
-            .into_iter()
-            .filter(|&(f, _)| format_allowed(f))
-            .filter_map(|(fourcc, modifier)| {
-                let info = FormatInfo::lookup(fourcc).ok()?;
-                let modifier_info = ModifierInfo::lookup(modifier).ok()?;
-                modifier_info.supports(fourcc).then_some(Candidate {
+        // Sorted by format, so one format table lookup serves all of a format's modifiers.
+        let mut last_info: Option<(Fourcc, Option<&'static FormatInfo>)> = None;
+        let mut out = Vec::with_capacity(pairs.len());
+        for (fourcc, modifier) in pairs {
+            if !format_allowed(fourcc) {
+                continue;
+            }
+            let info = match last_info {
+                Some((f, info)) if f == fourcc => info,
+                _ => {
+                    let info = FormatInfo::lookup(fourcc).ok();
+                    last_info = Some((fourcc, info));
+                    info
+                }
+            };
+            let Some(info) = info else {
+                continue;
+            };
+            let Ok(modifier_info) = ModifierInfo::lookup(modifier) else {
+                continue;
+            };
+            if modifier_info.supports(fourcc) {
+                out.push(Candidate {
                     fourcc,
                     modifier,
                     info,
                     modifier_info,
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        out
     }
 
     /// Solves with the constraints in `relax` (a [`ConstraintKind`] bit mask per participant,
@@ -339,7 +389,7 @@ impl<'a> Problem<'a> {
         let cands = self.candidates(relax, relax_request_formats);
         let ranks = RankTable::new(self, &cands, relax);
         let mut scratch = Scratch::default();
-        let mut found: Vec<Found> = Vec::new();
+        let mut found: Vec<Found> = Vec::with_capacity(cands.len());
         for (ci, cand) in cands.iter().enumerate() {
             if let Some(f) =
                 self.best_for_candidate(ci, cand, &ranks, relax, subset, &mut scratch, budget)?
@@ -347,16 +397,23 @@ impl<'a> Problem<'a> {
                 found.push(f);
             }
         }
-        found.sort_by_key(|f| f.key);
-        found.truncate(max_plans);
-        Ok(found
+        // Rank the small keys rather than moving the whole results around. Keys are unique
+        // (each names its own candidate), so an unstable sort is deterministic.
+        let mut order: Vec<(PlanKey, usize)> =
+            found.iter().enumerate().map(|(i, f)| (f.key, i)).collect();
+        if max_plans < order.len() {
+            order.select_nth_unstable(max_plans);
+            order.truncate(max_plans);
+        }
+        order.sort_unstable();
+        Ok(order
             .into_iter()
-            .filter_map(|f| self.materialize(f, &cands))
+            .filter_map(|(_, i)| self.materialize(found.get(i)?, &cands))
             .collect())
     }
 
     /// Turns a search result into a plan.
-    fn materialize(&self, f: Found, cands: &[Candidate]) -> Option<Plan> {
+    fn materialize(&self, f: &Found, cands: &[Candidate]) -> Option<Plan> {
         let cand = cands.get(f.candidate)?;
         let heap = self.heaps.get(f.heap)?;
         let mut alternatives = vec![0u32; self.request.participants.len()];
@@ -370,7 +427,7 @@ impl<'a> Problem<'a> {
             modifier: cand.modifier,
             width: self.request.width,
             height: self.request.height,
-            planes: f.layout.planes,
+            planes: f.layout.planes().to_vec(),
             size: f.layout.size,
             alignment: f.layout.alignment,
             heap: heap.name.clone(),
@@ -446,8 +503,7 @@ impl<'a> Problem<'a> {
                 *slot = (a + ra, r + rr);
             }
         }
-        scratch.picked.clear();
-        scratch.picked.resize(self.participants.len(), 0);
+        scratch.picked = [0; MAX_PARTICIPANTS];
         let mut merged = Merged::start(self.heaps.len());
         merged.protected = self.request.usage.contains(Usage::PROTECTED);
         // Fast path: every participant's first acceptable alternative. Its key is a lower
@@ -475,10 +531,9 @@ impl<'a> Problem<'a> {
             scratch.cached_merged = Some(ok.then_some(m));
         }
         if let Some(Some(first)) = &scratch.cached_merged {
-            let mut first = first.clone();
-            let (alt_sum, rank_sum) = scratch.min_rest.first().copied().unwrap_or((0, 0));
-            first.alt_sum = alt_sum;
-            first.rank_sum = rank_sum;
+            // The first choices' sums are the lower bounds; the cached merge is shared by
+            // candidates with different ranks, so they are passed alongside, not stored in it.
+            let sums = scratch.min_rest.first().copied().unwrap_or((0, 0));
             for &(k, ai) in &scratch.first {
                 let index = self
                     .participants
@@ -502,7 +557,7 @@ impl<'a> Problem<'a> {
                 prune_layout: false,
                 budget,
             };
-            search.leaf(&first);
+            search.leaf(first, sums);
             if let Some(mut f) = search.best {
                 f.key.request_rank = request_rank;
                 return Ok(Some(f));
@@ -529,6 +584,10 @@ impl<'a> Problem<'a> {
     }
 }
 
+/// The alternative picked for each participant (canonical order); a fixed array so that
+/// recording the best choice of a candidate does not allocate.
+type Picked = [u32; MAX_PARTICIPANTS];
+
 /// Reusable buffers of the per-candidate search.
 #[derive(Default)]
 struct Scratch {
@@ -537,7 +596,7 @@ struct Scratch {
     /// `(participant, start, end)` into `choices`.
     spans: Vec<(usize, usize, usize)>,
     min_rest: Vec<(u32, u32)>,
-    picked: Vec<u32>,
+    picked: Picked,
     /// `(participant, alternative position)` of the first choices of this candidate.
     first: Vec<(usize, usize)>,
     /// The first choices whose merge is cached.
@@ -568,13 +627,29 @@ impl RankTable {
             let relaxed = is_relaxed(relax.get(k).copied().unwrap_or(0), ConstraintKind::Formats);
             for (ai, alt) in p.alts.iter().enumerate() {
                 let base = (rows.get(k).copied().unwrap_or(0) + ai) * n;
+                if relaxed {
+                    if let Some(row) = ranks.get_mut(base..base + n) {
+                        row.fill(0);
+                    }
+                    continue;
+                }
+                // Alternatives sharing their pairs (see `Problem::new`) share their row.
+                let same = p.alts.get(..ai).unwrap_or(&[]).iter().position(
+                    |a| matches!((&a.pairs, &alt.pairs), (Some(x), Some(y)) if Rc::ptr_eq(x, y)),
+                );
+                if let Some(earlier) = same {
+                    let src = (rows.get(k).copied().unwrap_or(0) + earlier) * n;
+                    if let Some((head, tail)) = ranks.split_at_mut_checked(base) {
+                        if let (Some(from), Some(to)) = (head.get(src..src + n), tail.get_mut(..n))
+                        {
+                            to.copy_from_slice(from);
+                        }
+                    }
+                    continue;
+                }
                 let Some(row) = ranks.get_mut(base..base + n) else {
                     continue;
                 };
-                if relaxed {
-                    row.fill(0);
-                    continue;
-                }
                 match &alt.pairs {
                     None => {
                         for (slot, c) in row.iter_mut().zip(cands) {
@@ -631,9 +706,10 @@ struct PlanKey {
 struct Found {
     key: PlanKey,
     candidate: usize,
-    layout: super::layout::Layout,
+    layout: FixedLayout,
     heap: usize,
-    picked: Vec<u32>,
+    /// Alternative index of each participant, in canonical order.
+    picked: Picked,
     contiguous: bool,
     coherent: bool,
     address_bits: u8,
@@ -647,7 +723,7 @@ struct Search<'s, 'a> {
     choices: &'s [(usize, u16)],
     spans: &'s [(usize, usize, usize)],
     min_rest: &'s [(u32, u32)],
-    picked: &'s mut Vec<u32>,
+    picked: &'s mut Picked,
     best: Option<Found>,
     prune_layout: bool,
     budget: &'s mut u64,
@@ -656,7 +732,7 @@ struct Search<'s, 'a> {
 impl Search<'_, '_> {
     fn dfs(&mut self, depth: usize, merged: Merged) -> Result<(), SolveError> {
         let Some(&(k, start, end)) = self.spans.get(depth) else {
-            self.leaf(&merged);
+            self.leaf(&merged, (merged.alt_sum, merged.rank_sum));
             return Ok(());
         };
         let mask = self.relax.get(k).copied().unwrap_or(0);
@@ -697,12 +773,12 @@ impl Search<'_, '_> {
         Ok(())
     }
 
-    fn layout(&self, merged: &Merged) -> Option<super::layout::Layout> {
+    fn layout(&self, merged: &Merged) -> Option<FixedLayout> {
         let r = self.problem.request;
         if u64::from(r.width) > merged.max_width || u64::from(r.height) > merged.max_height {
             return None;
         }
-        compute_layout_with(
+        compute_layout_fixed(
             self.cand.info,
             &self.cand.modifier_info,
             r.width,
@@ -712,7 +788,8 @@ impl Search<'_, '_> {
         .ok()
     }
 
-    fn leaf(&mut self, merged: &Merged) {
+    /// Finishes a complete choice: `merged` rules with `(alt_sum, rank_sum)` for its key.
+    fn leaf(&mut self, merged: &Merged, (alt_sum, rank_sum): (u32, u32)) {
         let Some(layout) = self.layout(merged) else {
             self.prune_layout = true;
             return;
@@ -734,8 +811,8 @@ impl Search<'_, '_> {
         };
         let key = PlanKey {
             request_rank: 0,
-            alt_sum: merged.alt_sum,
-            rank_sum: merged.rank_sum,
+            alt_sum,
+            rank_sum,
             size: layout.size,
             fourcc: self.cand.fourcc.0,
             modifier: self.cand.modifier.0,
@@ -748,7 +825,7 @@ impl Search<'_, '_> {
             candidate: self.candidate,
             layout,
             heap,
-            picked: self.picked.clone(),
+            picked: *self.picked,
             contiguous: merged.contiguous,
             coherent: merged.coherent,
             address_bits: merged.min_bits,
