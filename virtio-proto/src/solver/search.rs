@@ -41,7 +41,7 @@ pub(crate) struct Alt<'a> {
     heap_rank: Vec<(usize, u16)>,
     /// Accepted `(fourcc, modifier)` keys with their rank, sorted by key; `None` when the set
     /// lists no formats (any format, linear).
-    pairs: Option<Rc<[(u128, u16)]>>,
+    pairs: Option<Rc<Vec<(u128, u16)>>>,
 }
 
 /// A sortable key of a (format, modifier) pair.
@@ -49,7 +49,7 @@ fn pair_key(fourcc: Fourcc, modifier: Modifier) -> u128 {
     (u128::from(fourcc.0) << 64) | u128::from(modifier.0)
 }
 
-fn sorted_pairs(set: &ConstraintSet) -> Option<Rc<[(u128, u16)]>> {
+fn sorted_pairs(set: &ConstraintSet) -> Option<Rc<Vec<(u128, u16)>>> {
     if set.formats.is_empty() {
         return None;
     }
@@ -82,7 +82,7 @@ fn sorted_pairs(set: &ConstraintSet) -> Option<Rc<[(u128, u16)]>> {
         mods.dedup_by_key(|&mut (m, _)| m);
         pairs.extend(mods.iter().map(|&(m, r)| (pair_key(fourcc, m), r)));
     }
-    Some(pairs.into())
+    Some(Rc::new(pairs))
 }
 
 /// One participant, prepared.
@@ -234,6 +234,13 @@ impl<'a> Problem<'a> {
             notes: Vec::new(),
             usage,
         })
+    }
+
+    /// The merge of no alternative yet.
+    fn start_merged(&self) -> Merged {
+        let mut merged = Merged::start(self.heaps.len());
+        merged.protected = self.request.usage.contains(Usage::PROTECTED);
+        merged
     }
 
     /// Whether the participant owning `alt` says it handles protected content.
@@ -484,28 +491,7 @@ impl<'a> Problem<'a> {
                 .position(|&f| f == cand.fourcc)
                 .unwrap_or(self.request.formats.len()) as u32
         };
-        // Lower bounds of the remaining choices, for pruning.
-        scratch.min_rest.clear();
-        scratch.min_rest.resize(scratch.spans.len() + 1, (0, 0));
-        for i in (0..scratch.spans.len()).rev() {
-            let (k, start, end) = scratch.spans.get(i).copied().unwrap_or((0, 0, 0));
-            let alts = self.participants.get(k).map(|p| &p.alts[..]).unwrap_or(&[]);
-            let (a, r) = scratch
-                .choices
-                .get(start..end)
-                .unwrap_or(&[])
-                .iter()
-                .map(|&(ai, rank)| (alts.get(ai).map_or(0, |a| a.index), u32::from(rank)))
-                .min()
-                .unwrap_or((0, 0));
-            let (ra, rr) = scratch.min_rest.get(i + 1).copied().unwrap_or((0, 0));
-            if let Some(slot) = scratch.min_rest.get_mut(i) {
-                *slot = (a + ra, r + rr);
-            }
-        }
         scratch.picked = [0; MAX_PARTICIPANTS];
-        let mut merged = Merged::start(self.heaps.len());
-        merged.protected = self.request.usage.contains(Usage::PROTECTED);
         // Fast path: every participant's first acceptable alternative. Its key is a lower
         // bound for every other choice, so if it works it is the best. The merged rules do
         // not depend on the candidate, so consecutive candidates with the same first choices
@@ -518,7 +504,7 @@ impl<'a> Problem<'a> {
                 .map(|&(k, start, _)| (k, scratch.choices.get(start).map_or(0, |c| c.0))),
         );
         if scratch.cached_first != scratch.first || scratch.cached_merged.is_none() {
-            let mut m = merged.clone();
+            let mut m = self.start_merged();
             let mut ok = true;
             for &(k, ai) in &scratch.first {
                 let mask = relax.get(k).copied().unwrap_or(0);
@@ -531,15 +517,18 @@ impl<'a> Problem<'a> {
             scratch.cached_merged = Some(ok.then_some(m));
         }
         if let Some(Some(first)) = &scratch.cached_merged {
-            // The first choices' sums are the lower bounds; the cached merge is shared by
-            // candidates with different ranks, so they are passed alongside, not stored in it.
-            let sums = scratch.min_rest.first().copied().unwrap_or((0, 0));
-            for &(k, ai) in &scratch.first {
+            // The first choices' sums (alternatives are in list order, so these are the
+            // smallest); the cached merge is shared by candidates with different ranks, so
+            // they are passed alongside, not stored in it.
+            let mut sums = (0u32, 0u32);
+            for &(k, start, _) in &scratch.spans {
+                let (ai, rank) = scratch.choices.get(start).copied().unwrap_or((0, 0));
                 let index = self
                     .participants
                     .get(k)
                     .and_then(|p| p.alts.get(ai))
                     .map_or(0, |a| a.index);
+                sums = (sums.0 + index, sums.1 + u32::from(rank));
                 if let Some(slot) = scratch.picked.get_mut(k) {
                     *slot = index;
                 }
@@ -563,6 +552,25 @@ impl<'a> Problem<'a> {
                 return Ok(Some(f));
             }
         }
+        // Lower bounds of the remaining choices, for pruning.
+        scratch.min_rest.clear();
+        scratch.min_rest.resize(scratch.spans.len() + 1, (0, 0));
+        for i in (0..scratch.spans.len()).rev() {
+            let (k, start, end) = scratch.spans.get(i).copied().unwrap_or((0, 0, 0));
+            let alts = self.participants.get(k).map(|p| &p.alts[..]).unwrap_or(&[]);
+            let (a, r) = scratch
+                .choices
+                .get(start..end)
+                .unwrap_or(&[])
+                .iter()
+                .map(|&(ai, rank)| (alts.get(ai).map_or(0, |a| a.index), u32::from(rank)))
+                .min()
+                .unwrap_or((0, 0));
+            let (ra, rr) = scratch.min_rest.get(i + 1).copied().unwrap_or((0, 0));
+            if let Some(slot) = scratch.min_rest.get_mut(i) {
+                *slot = (a + ra, r + rr);
+            }
+        }
         let mut search = Search {
             problem: self,
             cand,
@@ -576,7 +584,7 @@ impl<'a> Problem<'a> {
             prune_layout: false,
             budget,
         };
-        search.dfs(0, merged)?;
+        search.dfs(0, self.start_merged())?;
         Ok(search.best.map(|mut f| {
             f.key.request_rank = request_rank;
             f
@@ -606,10 +614,14 @@ struct Scratch {
 }
 
 /// Rank of every candidate in every alternative, built by merging sorted lists.
+///
+/// Stored candidate-major: the per-candidate search reads all alternatives of one candidate,
+/// which are then contiguous.
 struct RankTable {
-    /// First row of each participant.
+    /// First row (alternative) of each participant.
     rows: Vec<usize>,
-    candidates: usize,
+    /// Rows (alternatives of all participants) per candidate.
+    total: usize,
     ranks: Vec<u16>,
 }
 
@@ -623,68 +635,57 @@ impl RankTable {
             total += p.alts.len();
         }
         let mut ranks = vec![NO_RANK; total.saturating_mul(n)];
+        // The ranks of one alternative over all candidates; reused as is by the following
+        // alternatives that share its sorted pairs (see `Problem::new`).
+        let mut column = vec![NO_RANK; n];
+        let mut column_pairs: Option<&Rc<Vec<(u128, u16)>>> = None;
         for (k, p) in problem.participants.iter().enumerate() {
             let relaxed = is_relaxed(relax.get(k).copied().unwrap_or(0), ConstraintKind::Formats);
             for (ai, alt) in p.alts.iter().enumerate() {
-                let base = (rows.get(k).copied().unwrap_or(0) + ai) * n;
-                if relaxed {
-                    if let Some(row) = ranks.get_mut(base..base + n) {
-                        row.fill(0);
-                    }
-                    continue;
-                }
-                // Alternatives sharing their pairs (see `Problem::new`) share their row.
-                let same = p.alts.get(..ai).unwrap_or(&[]).iter().position(
-                    |a| matches!((&a.pairs, &alt.pairs), (Some(x), Some(y)) if Rc::ptr_eq(x, y)),
-                );
-                if let Some(earlier) = same {
-                    let src = (rows.get(k).copied().unwrap_or(0) + earlier) * n;
-                    if let Some((head, tail)) = ranks.split_at_mut_checked(base) {
-                        if let (Some(from), Some(to)) = (head.get(src..src + n), tail.get_mut(..n))
-                        {
-                            to.copy_from_slice(from);
-                        }
-                    }
-                    continue;
-                }
-                let Some(row) = ranks.get_mut(base..base + n) else {
-                    continue;
-                };
-                match &alt.pairs {
-                    None => {
-                        for (slot, c) in row.iter_mut().zip(cands) {
-                            if c.modifier == Modifier::LINEAR {
-                                *slot = 0;
-                            }
-                        }
-                    }
-                    Some(pairs) => {
-                        // Both lists are sorted by key: one merge pass.
-                        let mut pi = pairs.iter().peekable();
-                        for (slot, c) in row.iter_mut().zip(cands) {
-                            let key = pair_key(c.fourcc, c.modifier);
-                            while pi.next_if(|&&(k, _)| k < key).is_some() {}
-                            if let Some(&&(k, r)) = pi.peek() {
-                                if k == key {
-                                    *slot = r;
+                let row = rows.get(k).copied().unwrap_or(0) + ai;
+                let reuse = !relaxed
+                    && matches!((column_pairs, &alt.pairs), (Some(x), Some(y)) if Rc::ptr_eq(x, y));
+                if !reuse {
+                    column_pairs = None;
+                    column.fill(NO_RANK);
+                    match &alt.pairs {
+                        _ if relaxed => column.fill(0),
+                        None => {
+                            for (slot, c) in column.iter_mut().zip(cands) {
+                                if c.modifier == Modifier::LINEAR {
+                                    *slot = 0;
                                 }
                             }
                         }
+                        Some(pairs) => {
+                            // Both lists are sorted by key: one merge pass.
+                            let mut pi = pairs.iter().peekable();
+                            for (slot, c) in column.iter_mut().zip(cands) {
+                                let key = pair_key(c.fourcc, c.modifier);
+                                while pi.next_if(|&&(k, _)| k < key).is_some() {}
+                                if let Some(&&(k, r)) = pi.peek() {
+                                    if k == key {
+                                        *slot = r;
+                                    }
+                                }
+                            }
+                            column_pairs = Some(pairs);
+                        }
                     }
+                }
+                let slots = ranks.iter_mut().skip(row).step_by(total.max(1));
+                for (slot, &r) in slots.zip(&column) {
+                    *slot = r;
                 }
             }
         }
-        RankTable {
-            rows,
-            candidates: n,
-            ranks,
-        }
+        RankTable { rows, total, ranks }
     }
 
     fn get(&self, participant: usize, alt: usize, candidate: usize) -> u16 {
         let row = self.rows.get(participant).copied().unwrap_or(0) + alt;
         self.ranks
-            .get(row * self.candidates + candidate)
+            .get(candidate * self.total + row)
             .copied()
             .unwrap_or(NO_RANK)
     }
