@@ -404,6 +404,18 @@ impl<'a> Problem<'a> {
                 found.push(f);
             }
         }
+        if max_plans == 0 {
+            return Ok(Vec::new());
+        }
+        if max_plans == 1 || found.len() <= 1 {
+            // The common single-plan query: no ranking buffer needed.
+            return Ok(found
+                .iter()
+                .min_by_key(|f| f.key)
+                .and_then(|f| self.materialize(f, &cands))
+                .into_iter()
+                .collect());
+        }
         // Rank the small keys rather than moving the whole results around. Keys are unique
         // (each names its own candidate), so an unstable sort is deterministic.
         let mut order: Vec<(PlanKey, usize)> =
