@@ -292,12 +292,12 @@ mod tests {
         c[0..2].copy_from_slice(&0x1234u16.to_le_bytes());
         c[2..4].copy_from_slice(&0x11e8u16.to_le_bytes());
         c[8] = 0x10;
-        c[0x0b] = 0xff;
+        c[0x0a] = 0xff; // QEMU's PCI_CLASS_OTHERS (0x00ff) at PCI_CLASS_DEVICE
         c[0x2c..0x2e].copy_from_slice(&0x1af4u16.to_le_bytes());
         c[0x2e..0x30].copy_from_slice(&0x1100u16.to_le_bytes());
         let ids = PciIds::from_config(&c).unwrap();
         assert_eq!(ids.key(), "1234:11e8");
-        assert_eq!(ids.class, 0xff_0000);
+        assert_eq!(ids.class, 0x00_ff00);
         assert_eq!(ids.revision, 0x10);
         assert_eq!(ids.subsystem_vendor, 0x1af4);
     }
