@@ -88,8 +88,13 @@ fn ioctl_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> VfioError {
 }
 
 /// A VFIO container with a type1 IOMMU: the address space that devices of its groups DMA in.
+///
+/// It holds its groups' fds: closing the last group would tear the IOMMU down under live
+/// [`DmaMapping`](crate::DmaMapping)s, which share the container through an `Arc`.
 #[derive(Debug)]
 pub struct Container {
+    // Field order is drop order: the groups leave the container before it closes.
+    groups: Vec<OwnedFd>,
     fd: OwnedFd,
 }
 
@@ -102,7 +107,10 @@ impl Container {
             .write(true)
             .open(path)
             .map_err(|e| VfioError::Access(path.into(), e))?;
-        let c = Container { fd: file.into() };
+        let c = Container {
+            groups: Vec::new(),
+            fd: file.into(),
+        };
         let v = sys::ioctl_int(c.fd.as_fd(), sys::VFIO_GET_API_VERSION, 0)
             .map_err(ioctl_err("VFIO_GET_API_VERSION"))?;
         if v != VFIO_API_VERSION as i32 {
@@ -230,9 +238,8 @@ pub struct VfioDevice {
     name: String,
     device: File,
     group: u32,
-    // Field order is drop order: the device fd closes before the group, the group before
-    // the container.
-    _group_fd: OwnedFd,
+    // Dropped after the device fd; the container (with the group) lives on while DMA
+    // mappings use it.
     container: Arc<Container>,
     config: Region,
 }
@@ -243,7 +250,7 @@ impl VfioDevice {
     /// IOMMU.
     pub fn open(name: &str) -> Result<VfioDevice, VfioError> {
         let group = crate::sysfs::iommu_group(name)?;
-        let container = Container::open()?;
+        let mut container = Container::open()?;
         let group_path = PathBuf::from(format!("/dev/vfio/{group}"));
         let group_fd: OwnedFd = OpenOptions::new()
             .read(true)
@@ -281,6 +288,7 @@ impl VfioDevice {
         .map_err(ioctl_err(format!("VFIO_GROUP_GET_DEVICE_FD {name}")))?;
         // SAFETY: the ioctl returned a new descriptor that nothing else owns.
         let device = unsafe { File::from_raw_fd(raw) };
+        container.groups.push(group_fd);
         let mut dinfo = vfio_device_info {
             argsz: std::mem::size_of::<vfio_device_info>() as u32,
             ..Default::default()
@@ -296,7 +304,6 @@ impl VfioDevice {
             name: name.to_owned(),
             device,
             group,
-            _group_fd: group_fd,
             container: Arc::new(container),
             config,
         })

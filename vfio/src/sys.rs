@@ -1,9 +1,10 @@
 //! The VFIO ioctls this crate issues, hand-written over `libc::ioctl`.
 //!
-//! Why not `vfio-ioctls`: version 0.10 wraps container, group and device in one type that
-//! opens them itself, has no wrapper for `VFIO_IOMMU_GET_INFO`'s capability chain (IOVA
-//! ranges, DMA-avail), panics in `region_read`, and even with `default-features = false`
-//! pulls in vm-memory and the mshv bindings. Its sibling `vfio-bindings` 0.7 (Apache-2.0 OR
+//! Why not `vfio-ioctls` 0.10 (which does build with `default-features = false`, no KVM): it
+//! has no wrapper for `VFIO_IOMMU_GET_INFO`'s capability chain (IOVA ranges, DMA-avail),
+//! which is what this crate is about; its `VfioDevice::region_read`/`region_write` return
+//! nothing and only log failures; and it always pulls in vm-memory for guest-memory maps we do
+//! not use. Its sibling `vfio-bindings` 0.7 (Apache-2.0 OR
 //! BSD-3-Clause, no dependencies without `fam-wrappers`) gives the kernel's structs and
 //! constants; the ioctl numbers (`_IO(';', 100 + n)` in `include/uapi/linux/vfio.h`) are
 //! written here because bindgen does not translate the `_IO` macros.

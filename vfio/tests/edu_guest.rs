@@ -295,3 +295,25 @@ fn dma_limit_kernel_refusal_maps_to_limit_reached() {
     println!("{err}");
     assert!(matches!(err, DmaError::LimitReached { .. }), "{err}");
 }
+
+/// A mapping may outlive the device handle: the container keeps its group, so the IOMMU
+/// (and the unmap on drop) still works, and the IOVA returns to the allocator.
+#[test]
+fn mapping_outlives_device_and_unmaps_cleanly() {
+    let Some(name) = edu() else { return };
+    let dev = VfioDevice::open(&name).unwrap();
+    let (info, p) = derived(&dev);
+    let space = DmaSpace::new(
+        Arc::clone(dev.container()),
+        &p.alternatives[0].memory,
+        &info.iommu,
+    );
+    let buf = memfd(8192);
+    let first = space.map(buf.as_fd(), 0, 8192).unwrap();
+    let iova = first.iova();
+    drop(dev);
+    drop(first);
+    assert_eq!(space.mapped(), 0);
+    let again = space.map(buf.as_fd(), 0, 8192).unwrap();
+    assert_eq!(again.iova(), iova, "the unmapped IOVA was reused");
+}
