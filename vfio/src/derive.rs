@@ -227,6 +227,7 @@ mod tests {
             panic!("{err}")
         };
         let text = diag.to_string();
+        println!("{text}");
         assert!(
             text.contains("qemu edu: memory.address_bits = 28 bits"),
             "{text}"
