@@ -58,6 +58,7 @@ impl IovaAllocator {
             page,
             bits: if bits == 0 { 64 } else { bits.min(64) },
         };
+        let mut holes = Vec::with_capacity(ranges.len());
         for r in ranges {
             let Some(start) = r.start.max(page).checked_next_multiple_of(page) else {
                 continue;
@@ -70,8 +71,20 @@ impl IovaAllocator {
                 None => Some(u64::MAX),
             };
             if let Some(end) = end.filter(|&e| start <= e) {
-                a.insert_free(start, end);
+                holes.push((start, end));
             }
+        }
+        // Overlapping input ranges (a profile may list them) merge into one hole.
+        holes.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(holes.len());
+        for (s, e) in holes {
+            match merged.last_mut() {
+                Some(last) if s <= last.1.saturating_add(1) => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        for (s, e) in merged {
+            a.insert_free(s, e);
         }
         a
     }
@@ -196,6 +209,14 @@ mod tests {
         a.free(x, 0x1000);
         a.free(z, 0x2000);
         assert_eq!(a.alloc(0x4000).unwrap(), 0x1000);
+    }
+
+    #[test]
+    fn overlapping_ranges_merge_so_no_iova_is_handed_out_twice() {
+        let mut a = IovaAllocator::new(&[r(0x3000, 0x8fff), r(0x1000, 0x4fff)], 64, 4096);
+        assert_eq!(a.free, BTreeMap::from([(0x1000, 0x8fff)]));
+        assert_eq!(a.alloc(0x8000).unwrap(), 0x1000);
+        assert!(a.alloc(0x1000).is_err());
     }
 
     #[test]
