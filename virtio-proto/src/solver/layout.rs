@@ -177,6 +177,36 @@ pub fn compute_layout(
     compute_layout_with(info, &modifier_info, width, height, rules)
 }
 
+/// A [`Layout`] whose planes live in a fixed array, so that the search can compute and keep
+/// layouts without allocating; turned into a [`Layout`] only for the plans it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FixedLayout {
+    /// Planes; only the first `plane_count` are meaningful.
+    planes: [PlaneLayout; MAX_PLANES],
+    /// Number of planes.
+    plane_count: usize,
+    /// Total size.
+    pub size: u64,
+    /// Base alignment the allocation needs.
+    pub alignment: u64,
+}
+
+impl FixedLayout {
+    /// The meaningful planes.
+    pub(crate) fn planes(&self) -> &[PlaneLayout] {
+        self.planes.get(..self.plane_count).unwrap_or(&self.planes)
+    }
+
+    /// The allocating form.
+    pub(crate) fn to_layout(self) -> Layout {
+        Layout {
+            planes: self.planes().to_vec(),
+            size: self.size,
+            alignment: self.alignment,
+        }
+    }
+}
+
 /// [`compute_layout`] with the table entries already looked up.
 pub(crate) fn compute_layout_with(
     info: &FormatInfo,
@@ -185,6 +215,17 @@ pub(crate) fn compute_layout_with(
     height: u32,
     rules: &LayoutRules,
 ) -> Result<Layout, LayoutError> {
+    compute_layout_fixed(info, modifier, width, height, rules).map(|l| l.to_layout())
+}
+
+/// [`compute_layout_with`] without allocating.
+pub(crate) fn compute_layout_fixed(
+    info: &FormatInfo,
+    modifier: &ModifierInfo,
+    width: u32,
+    height: u32,
+    rules: &LayoutRules,
+) -> Result<FixedLayout, LayoutError> {
     if !modifier.supports(info.fourcc) {
         return Err(LayoutError::ModifierNotForFormat {
             fourcc: info.fourcc,
@@ -206,7 +247,13 @@ pub(crate) fn compute_layout_with(
     let exact_w = u32::try_from(exact_w).map_err(|_| LayoutError::Overflow)?;
     let h = u32::try_from(h).map_err(|_| LayoutError::Overflow)?;
     let offset_step = of(lcm(rules.offset_alignment, rules.plane_base_alignment))?;
-    let mut planes = Vec::with_capacity(info.planes.len());
+    let empty = PlaneLayout {
+        offset: 0,
+        stride: 0,
+        size: 0,
+    };
+    let mut planes = [empty; MAX_PLANES];
+    let mut plane_count = 0usize;
     let mut end = 0u64;
     for (i, plane) in info.planes.iter().enumerate() {
         let (tile_w, tile_h) = modifier.tile_bytes(plane);
@@ -252,11 +299,17 @@ pub(crate) fn compute_layout_with(
             of(align_up(end, offset_step))?
         };
         end = of(offset.checked_add(size))?;
-        planes.push(PlaneLayout {
+        // The format table has at most MAX_PLANES planes; a longer one cannot be laid out.
+        let slot = planes.get_mut(i).ok_or(LayoutError::TooManyPlanes {
+            planes: planes_n,
+            max: MAX_PLANES as u64,
+        })?;
+        *slot = PlaneLayout {
             offset,
             stride: stride as u32,
             size,
-        });
+        };
+        plane_count = i + 1;
     }
     let size = of(align_up(end, rules.size_alignment))?;
     if size > rules.max_size {
@@ -265,8 +318,9 @@ pub(crate) fn compute_layout_with(
             max: rules.max_size,
         });
     }
-    Ok(Layout {
+    Ok(FixedLayout {
         planes,
+        plane_count,
         size,
         alignment: rules.plane_base_alignment.max(1),
     })

@@ -6,15 +6,16 @@
 //! order (sorted by value), which makes the result independent of the order in the request.
 
 use std::collections::BTreeSet;
+use std::rc::Rc;
 
 use crate::constraint::{CacheMode, ConstraintSet, Usage};
 use crate::format::{FormatInfo, Fourcc, Modifier, ModifierInfo};
 use crate::heap::HeapInfo;
-use crate::limits::MAX_PLANES;
+use crate::limits::{MAX_PARTICIPANTS, MAX_PLANES};
 use crate::plan::Plan;
 use crate::request::Request;
 
-use super::layout::{LayoutRules, align_up, compute_layout_with, lcm};
+use super::layout::{FixedLayout, LayoutRules, align_up, compute_layout_fixed, lcm};
 use super::{ConstraintKind, IgnoredExtension, SolveError};
 
 /// Extensions this solver understands: `(vendor, code)`. None yet; the list exists so that
@@ -40,7 +41,7 @@ pub(crate) struct Alt<'a> {
     heap_rank: Vec<(usize, u16)>,
     /// Accepted `(fourcc, modifier)` keys with their rank, sorted by key; `None` when the set
     /// lists no formats (any format, linear).
-    pairs: Option<Vec<(u128, u16)>>,
+    pairs: Option<Rc<Vec<(u128, u16)>>>,
 }
 
 /// A sortable key of a (format, modifier) pair.
@@ -48,22 +49,40 @@ fn pair_key(fourcc: Fourcc, modifier: Modifier) -> u128 {
     (u128::from(fourcc.0) << 64) | u128::from(modifier.0)
 }
 
-fn sorted_pairs(set: &ConstraintSet) -> Option<Vec<(u128, u16)>> {
+fn sorted_pairs(set: &ConstraintSet) -> Option<Rc<Vec<(u128, u16)>>> {
     if set.formats.is_empty() {
         return None;
     }
-    let mut pairs = Vec::with_capacity(set.formats.len() * 2);
-    let mut rank = 0u16;
+    // The rank of a pair is its position in the flattened list. Sorting the formats and then
+    // each format's few modifiers is much cheaper than sorting all pairs at once.
+    let mut formats = Vec::with_capacity(set.formats.len());
+    let mut base = 0usize;
     for fm in &set.formats {
-        for &m in fm.effective_modifiers() {
-            pairs.push((pair_key(fm.fourcc, m), rank));
-            rank = rank.saturating_add(1);
-        }
+        let mods = fm.effective_modifiers();
+        formats.push((fm.fourcc, base, mods));
+        base += mods.len();
     }
-    // Keep the best rank of a pair listed twice.
-    pairs.sort_unstable();
-    pairs.dedup_by_key(|&mut (k, _)| k);
-    Some(pairs)
+    // `(fourcc, base)` is unique, so the unstable sort keeps list order within a format.
+    formats.sort_unstable_by_key(|&(f, b, _)| (f, b));
+    let mut pairs = Vec::with_capacity(base);
+    let mut mods: Vec<(Modifier, u16)> = Vec::new();
+    let mut rest = &formats[..];
+    while let Some(&(fourcc, _, _)) = rest.first() {
+        let same = rest.iter().take_while(|e| e.0 == fourcc).count();
+        let (group, tail) = rest.split_at(same);
+        rest = tail;
+        mods.clear();
+        for &(_, b, ms) in group {
+            for (j, &m) in ms.iter().enumerate() {
+                mods.push((m, u16::try_from(b + j).unwrap_or(u16::MAX)));
+            }
+        }
+        // Keep the best rank of a pair listed twice.
+        mods.sort_unstable();
+        mods.dedup_by_key(|&mut (m, _)| m);
+        pairs.extend(mods.iter().map(|&(m, r)| (pair_key(fourcc, m), r)));
+    }
+    Some(Rc::new(pairs))
 }
 
 /// One participant, prepared.
@@ -172,6 +191,15 @@ impl<'a> Problem<'a> {
                     continue;
                 }
                 let (heap_mask, heap_rank) = heap_prefs(set, heaps);
+                // Alternatives usually differ in layout or memory rules but list the same
+                // formats: reuse the sorted pairs of an earlier one instead of sorting again.
+                let pairs = match alts
+                    .iter()
+                    .find(|a: &&Alt<'_>| a.set.formats == set.formats)
+                {
+                    Some(same) => same.pairs.clone(),
+                    None => sorted_pairs(set),
+                };
                 alts.push(Alt {
                     index: ai as u32,
                     set,
@@ -179,7 +207,7 @@ impl<'a> Problem<'a> {
                     protected_usage: p.usage.contains(Usage::PROTECTED),
                     heap_mask,
                     heap_rank,
-                    pairs: sorted_pairs(set),
+                    pairs,
                 });
             }
             if alts.is_empty() {
@@ -206,6 +234,13 @@ impl<'a> Problem<'a> {
             notes: Vec::new(),
             usage,
         })
+    }
+
+    /// The merge of no alternative yet.
+    fn start_merged(&self) -> Merged {
+        let mut merged = Merged::start(self.heaps.len());
+        merged.protected = self.request.usage.contains(Usage::PROTECTED);
+        merged
     }
 
     /// Whether the participant owning `alt` says it handles protected content.
@@ -275,9 +310,14 @@ impl<'a> Problem<'a> {
         };
         let mut any = pivot.is_none();
         for p in sources {
-            for alt in &p.alts {
+            for (ai, alt) in p.alts.iter().enumerate() {
                 if alt.set.formats.is_empty() {
                     any = true;
+                }
+                let earlier = p.alts.get(..ai).unwrap_or(&[]);
+                if earlier.iter().any(|a| a.set.formats == alt.set.formats) {
+                    // Same pairs as an earlier alternative.
+                    continue;
                 }
                 for fm in &alt.set.formats {
                     if format_allowed(fm.fourcc) {
@@ -298,20 +338,37 @@ impl<'a> Problem<'a> {
         }
         pairs.sort_unstable();
         pairs.dedup();
-        pairs
-            .into_iter()
-            .filter(|&(f, _)| format_allowed(f))
-            .filter_map(|(fourcc, modifier)| {
-                let info = FormatInfo::lookup(fourcc).ok()?;
-                let modifier_info = ModifierInfo::lookup(modifier).ok()?;
-                modifier_info.supports(fourcc).then_some(Candidate {
+        // Sorted by format, so one format table lookup serves all of a format's modifiers.
+        let mut last_info: Option<(Fourcc, Option<&'static FormatInfo>)> = None;
+        let mut out = Vec::with_capacity(pairs.len());
+        for (fourcc, modifier) in pairs {
+            if !format_allowed(fourcc) {
+                continue;
+            }
+            let info = match last_info {
+                Some((f, info)) if f == fourcc => info,
+                _ => {
+                    let info = FormatInfo::lookup(fourcc).ok();
+                    last_info = Some((fourcc, info));
+                    info
+                }
+            };
+            let Some(info) = info else {
+                continue;
+            };
+            let Ok(modifier_info) = ModifierInfo::lookup(modifier) else {
+                continue;
+            };
+            if modifier_info.supports(fourcc) {
+                out.push(Candidate {
                     fourcc,
                     modifier,
                     info,
                     modifier_info,
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        out
     }
 
     /// Solves with the constraints in `relax` (a [`ConstraintKind`] bit mask per participant,
@@ -339,7 +396,7 @@ impl<'a> Problem<'a> {
         let cands = self.candidates(relax, relax_request_formats);
         let ranks = RankTable::new(self, &cands, relax);
         let mut scratch = Scratch::default();
-        let mut found: Vec<Found> = Vec::new();
+        let mut found: Vec<Found> = Vec::with_capacity(cands.len());
         for (ci, cand) in cands.iter().enumerate() {
             if let Some(f) =
                 self.best_for_candidate(ci, cand, &ranks, relax, subset, &mut scratch, budget)?
@@ -347,16 +404,35 @@ impl<'a> Problem<'a> {
                 found.push(f);
             }
         }
-        found.sort_by_key(|f| f.key);
-        found.truncate(max_plans);
-        Ok(found
+        if max_plans == 0 {
+            return Ok(Vec::new());
+        }
+        if max_plans == 1 || found.len() <= 1 {
+            // The common single-plan query: no ranking buffer needed.
+            return Ok(found
+                .iter()
+                .min_by_key(|f| f.key)
+                .and_then(|f| self.materialize(f, &cands))
+                .into_iter()
+                .collect());
+        }
+        // Rank the small keys rather than moving the whole results around. Keys are unique
+        // (each names its own candidate), so an unstable sort is deterministic.
+        let mut order: Vec<(PlanKey, usize)> =
+            found.iter().enumerate().map(|(i, f)| (f.key, i)).collect();
+        if max_plans < order.len() {
+            order.select_nth_unstable(max_plans);
+            order.truncate(max_plans);
+        }
+        order.sort_unstable();
+        Ok(order
             .into_iter()
-            .filter_map(|f| self.materialize(f, &cands))
+            .filter_map(|(_, i)| self.materialize(found.get(i)?, &cands))
             .collect())
     }
 
     /// Turns a search result into a plan.
-    fn materialize(&self, f: Found, cands: &[Candidate]) -> Option<Plan> {
+    fn materialize(&self, f: &Found, cands: &[Candidate]) -> Option<Plan> {
         let cand = cands.get(f.candidate)?;
         let heap = self.heaps.get(f.heap)?;
         let mut alternatives = vec![0u32; self.request.participants.len()];
@@ -370,7 +446,7 @@ impl<'a> Problem<'a> {
             modifier: cand.modifier,
             width: self.request.width,
             height: self.request.height,
-            planes: f.layout.planes,
+            planes: f.layout.planes().to_vec(),
             size: f.layout.size,
             alignment: f.layout.alignment,
             heap: heap.name.clone(),
@@ -427,6 +503,67 @@ impl<'a> Problem<'a> {
                 .position(|&f| f == cand.fourcc)
                 .unwrap_or(self.request.formats.len()) as u32
         };
+        scratch.picked = [0; MAX_PARTICIPANTS];
+        // Fast path: every participant's first acceptable alternative. Its key is a lower
+        // bound for every other choice, so if it works it is the best. The merged rules do
+        // not depend on the candidate, so consecutive candidates with the same first choices
+        // reuse them.
+        scratch.first.clear();
+        scratch.first.extend(
+            scratch
+                .spans
+                .iter()
+                .map(|&(k, start, _)| (k, scratch.choices.get(start).map_or(0, |c| c.0))),
+        );
+        if scratch.cached_first != scratch.first || scratch.cached_merged.is_none() {
+            let mut m = self.start_merged();
+            let mut ok = true;
+            for &(k, ai) in &scratch.first {
+                let mask = relax.get(k).copied().unwrap_or(0);
+                match self.participants.get(k).and_then(|p| p.alts.get(ai)) {
+                    Some(alt) if ok => ok = m.add(alt, 0, mask, self),
+                    _ => ok = false,
+                }
+            }
+            scratch.cached_first.clone_from(&scratch.first);
+            scratch.cached_merged = Some(ok.then_some(m));
+        }
+        if let Some(Some(first)) = &scratch.cached_merged {
+            // The first choices' sums (alternatives are in list order, so these are the
+            // smallest); the cached merge is shared by candidates with different ranks, so
+            // they are passed alongside, not stored in it.
+            let mut sums = (0u32, 0u32);
+            for &(k, start, _) in &scratch.spans {
+                let (ai, rank) = scratch.choices.get(start).copied().unwrap_or((0, 0));
+                let index = self
+                    .participants
+                    .get(k)
+                    .and_then(|p| p.alts.get(ai))
+                    .map_or(0, |a| a.index);
+                sums = (sums.0 + index, sums.1 + u32::from(rank));
+                if let Some(slot) = scratch.picked.get_mut(k) {
+                    *slot = index;
+                }
+            }
+            let mut search = Search {
+                problem: self,
+                cand,
+                candidate: ci,
+                relax,
+                choices: &scratch.choices,
+                spans: &scratch.spans,
+                min_rest: &scratch.min_rest,
+                picked: &mut scratch.picked,
+                best: None,
+                prune_layout: false,
+                budget,
+            };
+            search.leaf(first, sums);
+            if let Some(mut f) = search.best {
+                f.key.request_rank = request_rank;
+                return Ok(Some(f));
+            }
+        }
         // Lower bounds of the remaining choices, for pruning.
         scratch.min_rest.clear();
         scratch.min_rest.resize(scratch.spans.len() + 1, (0, 0));
@@ -446,68 +583,6 @@ impl<'a> Problem<'a> {
                 *slot = (a + ra, r + rr);
             }
         }
-        scratch.picked.clear();
-        scratch.picked.resize(self.participants.len(), 0);
-        let mut merged = Merged::start(self.heaps.len());
-        merged.protected = self.request.usage.contains(Usage::PROTECTED);
-        // Fast path: every participant's first acceptable alternative. Its key is a lower
-        // bound for every other choice, so if it works it is the best. The merged rules do
-        // not depend on the candidate, so consecutive candidates with the same first choices
-        // reuse them.
-        scratch.first.clear();
-        scratch.first.extend(
-            scratch
-                .spans
-                .iter()
-                .map(|&(k, start, _)| (k, scratch.choices.get(start).map_or(0, |c| c.0))),
-        );
-        if scratch.cached_first != scratch.first || scratch.cached_merged.is_none() {
-            let mut m = merged.clone();
-            let mut ok = true;
-            for &(k, ai) in &scratch.first {
-                let mask = relax.get(k).copied().unwrap_or(0);
-                match self.participants.get(k).and_then(|p| p.alts.get(ai)) {
-                    Some(alt) if ok => ok = m.add(alt, 0, mask, self),
-                    _ => ok = false,
-                }
-            }
-            scratch.cached_first.clone_from(&scratch.first);
-            scratch.cached_merged = Some(ok.then_some(m));
-        }
-        if let Some(Some(first)) = &scratch.cached_merged {
-            let mut first = first.clone();
-            let (alt_sum, rank_sum) = scratch.min_rest.first().copied().unwrap_or((0, 0));
-            first.alt_sum = alt_sum;
-            first.rank_sum = rank_sum;
-            for &(k, ai) in &scratch.first {
-                let index = self
-                    .participants
-                    .get(k)
-                    .and_then(|p| p.alts.get(ai))
-                    .map_or(0, |a| a.index);
-                if let Some(slot) = scratch.picked.get_mut(k) {
-                    *slot = index;
-                }
-            }
-            let mut search = Search {
-                problem: self,
-                cand,
-                candidate: ci,
-                relax,
-                choices: &scratch.choices,
-                spans: &scratch.spans,
-                min_rest: &scratch.min_rest,
-                picked: &mut scratch.picked,
-                best: None,
-                prune_layout: false,
-                budget,
-            };
-            search.leaf(&first);
-            if let Some(mut f) = search.best {
-                f.key.request_rank = request_rank;
-                return Ok(Some(f));
-            }
-        }
         let mut search = Search {
             problem: self,
             cand,
@@ -521,13 +596,17 @@ impl<'a> Problem<'a> {
             prune_layout: false,
             budget,
         };
-        search.dfs(0, merged)?;
+        search.dfs(0, self.start_merged())?;
         Ok(search.best.map(|mut f| {
             f.key.request_rank = request_rank;
             f
         }))
     }
 }
+
+/// The alternative picked for each participant (canonical order); a fixed array so that
+/// recording the best choice of a candidate does not allocate.
+type Picked = [u32; MAX_PARTICIPANTS];
 
 /// Reusable buffers of the per-candidate search.
 #[derive(Default)]
@@ -537,7 +616,7 @@ struct Scratch {
     /// `(participant, start, end)` into `choices`.
     spans: Vec<(usize, usize, usize)>,
     min_rest: Vec<(u32, u32)>,
-    picked: Vec<u32>,
+    picked: Picked,
     /// `(participant, alternative position)` of the first choices of this candidate.
     first: Vec<(usize, usize)>,
     /// The first choices whose merge is cached.
@@ -547,10 +626,14 @@ struct Scratch {
 }
 
 /// Rank of every candidate in every alternative, built by merging sorted lists.
+///
+/// Stored candidate-major: the per-candidate search reads all alternatives of one candidate,
+/// which are then contiguous.
 struct RankTable {
-    /// First row of each participant.
+    /// First row (alternative) of each participant.
     rows: Vec<usize>,
-    candidates: usize,
+    /// Rows (alternatives of all participants) per candidate.
+    total: usize,
     ranks: Vec<u16>,
 }
 
@@ -564,52 +647,57 @@ impl RankTable {
             total += p.alts.len();
         }
         let mut ranks = vec![NO_RANK; total.saturating_mul(n)];
+        // The ranks of one alternative over all candidates; reused as is by the following
+        // alternatives that share its sorted pairs (see `Problem::new`).
+        let mut column = vec![NO_RANK; n];
+        let mut column_pairs: Option<&Rc<Vec<(u128, u16)>>> = None;
         for (k, p) in problem.participants.iter().enumerate() {
             let relaxed = is_relaxed(relax.get(k).copied().unwrap_or(0), ConstraintKind::Formats);
             for (ai, alt) in p.alts.iter().enumerate() {
-                let base = (rows.get(k).copied().unwrap_or(0) + ai) * n;
-                let Some(row) = ranks.get_mut(base..base + n) else {
-                    continue;
-                };
-                if relaxed {
-                    row.fill(0);
-                    continue;
-                }
-                match &alt.pairs {
-                    None => {
-                        for (slot, c) in row.iter_mut().zip(cands) {
-                            if c.modifier == Modifier::LINEAR {
-                                *slot = 0;
-                            }
-                        }
-                    }
-                    Some(pairs) => {
-                        // Both lists are sorted by key: one merge pass.
-                        let mut pi = pairs.iter().peekable();
-                        for (slot, c) in row.iter_mut().zip(cands) {
-                            let key = pair_key(c.fourcc, c.modifier);
-                            while pi.next_if(|&&(k, _)| k < key).is_some() {}
-                            if let Some(&&(k, r)) = pi.peek() {
-                                if k == key {
-                                    *slot = r;
+                let row = rows.get(k).copied().unwrap_or(0) + ai;
+                let reuse = !relaxed
+                    && matches!((column_pairs, &alt.pairs), (Some(x), Some(y)) if Rc::ptr_eq(x, y));
+                if !reuse {
+                    column_pairs = None;
+                    column.fill(NO_RANK);
+                    match &alt.pairs {
+                        _ if relaxed => column.fill(0),
+                        None => {
+                            for (slot, c) in column.iter_mut().zip(cands) {
+                                if c.modifier == Modifier::LINEAR {
+                                    *slot = 0;
                                 }
                             }
                         }
+                        Some(pairs) => {
+                            // Both lists are sorted by key: one merge pass.
+                            let mut pi = pairs.iter().peekable();
+                            for (slot, c) in column.iter_mut().zip(cands) {
+                                let key = pair_key(c.fourcc, c.modifier);
+                                while pi.next_if(|&&(k, _)| k < key).is_some() {}
+                                if let Some(&&(k, r)) = pi.peek() {
+                                    if k == key {
+                                        *slot = r;
+                                    }
+                                }
+                            }
+                            column_pairs = Some(pairs);
+                        }
                     }
+                }
+                let slots = ranks.iter_mut().skip(row).step_by(total.max(1));
+                for (slot, &r) in slots.zip(&column) {
+                    *slot = r;
                 }
             }
         }
-        RankTable {
-            rows,
-            candidates: n,
-            ranks,
-        }
+        RankTable { rows, total, ranks }
     }
 
     fn get(&self, participant: usize, alt: usize, candidate: usize) -> u16 {
         let row = self.rows.get(participant).copied().unwrap_or(0) + alt;
         self.ranks
-            .get(row * self.candidates + candidate)
+            .get(candidate * self.total + row)
             .copied()
             .unwrap_or(NO_RANK)
     }
@@ -631,9 +719,10 @@ struct PlanKey {
 struct Found {
     key: PlanKey,
     candidate: usize,
-    layout: super::layout::Layout,
+    layout: FixedLayout,
     heap: usize,
-    picked: Vec<u32>,
+    /// Alternative index of each participant, in canonical order.
+    picked: Picked,
     contiguous: bool,
     coherent: bool,
     address_bits: u8,
@@ -647,7 +736,7 @@ struct Search<'s, 'a> {
     choices: &'s [(usize, u16)],
     spans: &'s [(usize, usize, usize)],
     min_rest: &'s [(u32, u32)],
-    picked: &'s mut Vec<u32>,
+    picked: &'s mut Picked,
     best: Option<Found>,
     prune_layout: bool,
     budget: &'s mut u64,
@@ -656,7 +745,7 @@ struct Search<'s, 'a> {
 impl Search<'_, '_> {
     fn dfs(&mut self, depth: usize, merged: Merged) -> Result<(), SolveError> {
         let Some(&(k, start, end)) = self.spans.get(depth) else {
-            self.leaf(&merged);
+            self.leaf(&merged, (merged.alt_sum, merged.rank_sum));
             return Ok(());
         };
         let mask = self.relax.get(k).copied().unwrap_or(0);
@@ -697,12 +786,12 @@ impl Search<'_, '_> {
         Ok(())
     }
 
-    fn layout(&self, merged: &Merged) -> Option<super::layout::Layout> {
+    fn layout(&self, merged: &Merged) -> Option<FixedLayout> {
         let r = self.problem.request;
         if u64::from(r.width) > merged.max_width || u64::from(r.height) > merged.max_height {
             return None;
         }
-        compute_layout_with(
+        compute_layout_fixed(
             self.cand.info,
             &self.cand.modifier_info,
             r.width,
@@ -712,7 +801,8 @@ impl Search<'_, '_> {
         .ok()
     }
 
-    fn leaf(&mut self, merged: &Merged) {
+    /// Finishes a complete choice: `merged` rules with `(alt_sum, rank_sum)` for its key.
+    fn leaf(&mut self, merged: &Merged, (alt_sum, rank_sum): (u32, u32)) {
         let Some(layout) = self.layout(merged) else {
             self.prune_layout = true;
             return;
@@ -734,8 +824,8 @@ impl Search<'_, '_> {
         };
         let key = PlanKey {
             request_rank: 0,
-            alt_sum: merged.alt_sum,
-            rank_sum: merged.rank_sum,
+            alt_sum,
+            rank_sum,
             size: layout.size,
             fourcc: self.cand.fourcc.0,
             modifier: self.cand.modifier.0,
@@ -748,7 +838,7 @@ impl Search<'_, '_> {
             candidate: self.candidate,
             layout,
             heap,
-            picked: self.picked.clone(),
+            picked: *self.picked,
             contiguous: merged.contiguous,
             coherent: merged.coherent,
             address_bits: merged.min_bits,
