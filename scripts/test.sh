@@ -37,4 +37,7 @@ tests/e2e/selftest.sh
 step "real kernel: broker heap tests inside the guest"
 tests/e2e/heap-tests.sh
 
+step "real kernel: VFIO with QEMU's edu device behind an emulated IOMMU"
+tests/e2e/vfio-tests.sh
+
 step "all tests passed"
