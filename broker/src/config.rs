@@ -319,3 +319,71 @@ impl Config {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.toml"), text)
+    }
+
+    #[test]
+    fn example_file_parses_and_loads_its_participants() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bufbroker.example.toml");
+        let config = Config::load(&path).unwrap();
+        let participants = config.load_participants().unwrap();
+        assert!(participants.contains_key("display"), "{participants:?}");
+        assert_eq!(config.policy("vm-media").quota.bytes, 2 << 30);
+    }
+
+    #[test]
+    fn owner_override_replaces_only_the_fields_it_names() {
+        let config = parse(
+            "[defaults]\nbytes = 100\nbuffers = 5\n[owners.\"uid:1000\"]\nbuffers = 9\nadmin = true\n",
+        )
+        .unwrap();
+        let own = config.policy("uid:1000");
+        let other = config.policy("uid:1001");
+        assert_eq!(
+            (own.quota.bytes, own.quota.buffers, own.admin),
+            (100, 9, true)
+        );
+        assert_eq!((other.quota.buffers, other.admin), (5, false));
+        assert_eq!(other.quota.in_flight, Quota::DEFAULT.in_flight);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let err = parse("[defaults]\nbyte = 1\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `byte`"), "{err}");
+    }
+
+    #[test]
+    fn allow_list_naming_an_unconfigured_participant_is_an_error() {
+        let err = parse("[owners.vm]\nparticipants = [\"camera\"]\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "owner \"vm\" may use participant \"camera\", which is not configured"
+        );
+    }
+
+    #[test]
+    fn file_with_several_participants_needs_a_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("two.toml");
+        let one = "[[participant]]\nid = \"cpu\"\nlabel = \"A\"\n[[participant.alternatives]]\n";
+        std::fs::write(&file, format!("{one}{}", one.replace("\"A\"", "\"B\""))).unwrap();
+        let text = format!(
+            "[participants.x]\nfile = {:?}\n",
+            file.display().to_string()
+        );
+        let err = parse(&text).unwrap().load_participants().unwrap_err();
+        assert!(err.to_string().contains("name one with `label`"), "{err}");
+        let text = format!("{text}label = \"B\"\n");
+        assert_eq!(
+            parse(&text).unwrap().load_participants().unwrap()["x"].label,
+            "B"
+        );
+    }
+}

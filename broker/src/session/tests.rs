@@ -500,3 +500,54 @@ fn absurd_dimensions_are_invalid_request() {
     ));
     assert_eq!(code(&reply), ErrorCode::INVALID_REQUEST);
 }
+
+crate::heap::test_util::isolated_test!(
+    /// Running out of descriptors is a clear error; ending the session leaks nothing.
+    fn fd_exhaustion_is_out_of_memory_and_nothing_leaks() {
+        use crate::heap::test_util::{open_fds, rlimit_leaving_free};
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let broker = broker();
+        let before = open_fds();
+        let mut s = negotiated(&broker, "vm-allowed", None);
+        let old = getrlimit(Resource::Nofile);
+        let limit = rlimit_leaving_free(&before, 3);
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(limit),
+                maximum: old.maximum,
+            },
+        )
+        .unwrap();
+        let mut kept = Vec::new();
+        let mut failure = None;
+        for _ in 0..8 {
+            let mut reply = s.handle(allocate(named_request(64, 64, 1), Placement::HostClient));
+            match reply.error_code() {
+                None => kept.append(&mut reply.fds),
+                Some(_) => {
+                    failure = Some(reply);
+                    break;
+                }
+            }
+        }
+        setrlimit(Resource::Nofile, old).unwrap();
+
+        let failure = failure.expect("the descriptor limit was never reached");
+        assert_eq!(code(&failure), ErrorCode::OUT_OF_MEMORY);
+        let Message::ErrorReply(e) = &failure.message else {
+            panic!()
+        };
+        assert!(
+            e.message.contains("memfd") || e.message.contains("descriptor"),
+            "{}",
+            e.message
+        );
+        let held = broker.registry().owner_stats(s.owner()).unwrap().buffers as usize;
+        assert_eq!(held, kept.len(), "the failed request left no buffer behind");
+        drop(kept);
+        drop(s);
+        assert_eq!(open_fds(), before);
+        assert_eq!(broker.registry().total_bytes(), 0);
+    }
+);
