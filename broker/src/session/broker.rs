@@ -55,10 +55,10 @@ impl Broker {
         let found = discover(&discovery);
         for entry in &config.heaps.allow.clone().unwrap_or_default() {
             if found.get(entry).is_none() {
-                let why = found.report().entry(entry).map_or_else(
-                    || "unknown heap name".to_owned(),
-                    |e| format!("{:?}", e.status),
-                );
+                let why = match found.report().entry(entry).map(|e| &e.status) {
+                    Some(crate::heap::HeapStatus::Absent(reason)) => reason.clone(),
+                    _ => "not present on this machine".to_owned(),
+                };
                 log::warn!("allowed heap {entry} is not available: {why}");
             }
         }
