@@ -20,6 +20,21 @@ pub enum Command {
     Solve(SolveArgs),
     /// List the heaps this host offers, and why the others are absent.
     Heaps(HeapsArgs),
+    /// Serve host processes on a local Unix socket (buffers are passed as fds).
+    ServeLocal(ServeLocalArgs),
+}
+
+/// Arguments of `bufbroker serve-local`.
+#[derive(Debug, Args)]
+pub struct ServeLocalArgs {
+    /// Path of the Unix socket to listen on.
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+
+    /// Configuration file (TOML; see docs/configuration.md). Without it: every discovered
+    /// heap, default quotas, no named host participants.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// Arguments of `bufbroker heaps`.

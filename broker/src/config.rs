@@ -1,0 +1,389 @@
+//! The broker's configuration file (TOML): heaps, quotas, named host participants, and which
+//! owners may use which participants.
+//!
+//! Documented in `docs/configuration.md`; `broker/bufbroker.example.toml` is a commented example.
+//! Every table rejects unknown keys, so a typo is an error naming the key, not a silent default.
+//!
+//! Owners are named: a guest by the name its device was given on the command line, a local
+//! client by `uid:<uid>` (from `SO_PEERCRED`). `[owners."<name>"]` overrides `[defaults]`
+//! field by field.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use bufbroker_proto::Participant;
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::constraints_file::{self, ConstraintFileError};
+use crate::heap::PoolLimits;
+
+/// Errors loading the configuration.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("{path}: cannot read")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line, column and key.
+        message: String,
+    },
+    /// A named participant's constraint file is wrong.
+    #[error("participant {name:?}")]
+    ParticipantFile {
+        /// The participant's configured name.
+        name: String,
+        /// What is wrong with its file.
+        #[source]
+        source: ConstraintFileError,
+    },
+    /// A named participant's file does not hold the participant the configuration asks for.
+    #[error("participant {name:?}: {file} has {found}")]
+    ParticipantMissing {
+        /// The participant's configured name.
+        name: String,
+        /// Its constraint file.
+        file: PathBuf,
+        /// What the file holds instead.
+        found: String,
+    },
+    /// An owner's allow-list names a participant that is not configured.
+    #[error("owner {owner:?} may use participant {participant:?}, which is not configured")]
+    UnknownParticipant {
+        /// The owner (`defaults` for the defaults).
+        owner: String,
+        /// The participant name.
+        participant: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Which heaps the broker allocates from.
+    #[serde(default)]
+    pub heaps: HeapPolicy,
+    /// Recycling of freed buffers (per owner).
+    #[serde(default)]
+    pub pool: PoolConfig,
+    /// Limits over all owners together.
+    #[serde(default)]
+    pub global: GlobalLimits,
+    /// Quotas and allowed participants of every owner without its own entry.
+    #[serde(default)]
+    pub defaults: OwnerPolicy,
+    /// Per-owner overrides, by owner name (`"vm-1"`, `"uid:1000"`).
+    #[serde(default)]
+    pub owners: BTreeMap<String, OwnerPolicy>,
+    /// Host participants requests may name (`ParticipantId::Named`), by name.
+    #[serde(default)]
+    pub participants: BTreeMap<String, ParticipantSource>,
+}
+
+/// `[heaps]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeapPolicy {
+    /// Heaps to use, by name; absent means every discovered heap.
+    pub allow: Option<Vec<String>>,
+    /// Largest single memfd buffer in bytes (0 = no limit); absent means half of memory.
+    pub memfd_max_size: Option<u64>,
+}
+
+/// `[pool]`: how much freed memory is kept for reuse by the same owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Most buffers kept per owner (0 disables recycling).
+    pub max_buffers_per_owner: usize,
+    /// Most bytes kept per owner.
+    pub max_bytes_per_owner: u64,
+    /// Most bytes kept in total.
+    pub max_bytes: u64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        let d = PoolLimits::default();
+        PoolConfig {
+            max_buffers_per_owner: d.max_buffers_per_owner,
+            max_bytes_per_owner: d.max_bytes_per_owner,
+            max_bytes: d.max_bytes,
+        }
+    }
+}
+
+impl From<PoolConfig> for PoolLimits {
+    fn from(c: PoolConfig) -> Self {
+        PoolLimits {
+            max_buffers_per_owner: c.max_buffers_per_owner,
+            max_bytes_per_owner: c.max_bytes_per_owner,
+            max_bytes: c.max_bytes,
+        }
+    }
+}
+
+/// `[global]`: limits over all owners; 0 means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GlobalLimits {
+    /// Most bytes allocated (including memory kept for recycling).
+    pub bytes: u64,
+    /// Most buffers allocated.
+    pub buffers: u64,
+}
+
+/// `[defaults]` and `[owners."name"]`: every field optional so an override names only what
+/// it changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerPolicy {
+    /// Most bytes the owner may hold (including memory kept for its recycling); 0 = unlimited.
+    pub bytes: Option<u64>,
+    /// Most buffers the owner may hold; 0 = unlimited.
+    pub buffers: Option<u32>,
+    /// Most requests of the owner processed at once; 0 = unlimited.
+    pub in_flight: Option<u32>,
+    /// Named participants the owner may use.
+    pub participants: Option<Vec<String>>,
+    /// Whether the owner sees every owner's statistics.
+    pub admin: Option<bool>,
+}
+
+/// An owner's effective quota; 0 means unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quota {
+    /// Bytes.
+    pub bytes: u64,
+    /// Buffers.
+    pub buffers: u32,
+    /// Requests in flight.
+    pub in_flight: u32,
+}
+
+impl Quota {
+    /// 1 GiB, 256 buffers, 16 requests: the defaults when the configuration says nothing.
+    pub const DEFAULT: Quota = Quota {
+        bytes: 1 << 30,
+        buffers: 256,
+        in_flight: 16,
+    };
+}
+
+/// What an owner may do, resolved from `[defaults]` and its `[owners."name"]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedPolicy {
+    /// Its quota.
+    pub quota: Quota,
+    /// Named participants it may use.
+    pub participants: Vec<String>,
+    /// Whether it sees every owner's statistics.
+    pub admin: bool,
+}
+
+/// `[participants.<name>]`: a host participant from a constraint file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParticipantSource {
+    /// The constraint file (relative paths are relative to the configuration file).
+    pub file: PathBuf,
+    /// The participant's `label` in the file; absent when the file holds exactly one.
+    pub label: Option<String>,
+}
+
+impl Config {
+    /// Parses `text` as the configuration file at `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', "\n    "),
+        })?;
+        config.check_allow_lists()?;
+        Ok(config)
+    }
+
+    /// Reads and parses the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(path, &text)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for source in config.participants.values_mut() {
+            if source.file.is_relative() {
+                source.file = base.join(&source.file);
+            }
+        }
+        Ok(config)
+    }
+
+    fn check_allow_lists(&self) -> Result<(), ConfigError> {
+        let owners = std::iter::once(("defaults", &self.defaults))
+            .chain(self.owners.iter().map(|(n, p)| (n.as_str(), p)));
+        for (owner, policy) in owners {
+            for participant in policy.participants.iter().flatten() {
+                if !self.participants.contains_key(participant) {
+                    return Err(ConfigError::UnknownParticipant {
+                        owner: owner.to_owned(),
+                        participant: participant.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The policy of the owner called `name`: its `[owners]` entry over `[defaults]` over
+    /// [`Quota::DEFAULT`].
+    pub fn policy(&self, name: &str) -> ResolvedPolicy {
+        let own = self.owners.get(name);
+        let pick = |f: fn(&OwnerPolicy) -> Option<u64>, default: u64| {
+            own.and_then(f)
+                .or_else(|| f(&self.defaults))
+                .unwrap_or(default)
+        };
+        let quota = Quota {
+            bytes: pick(|p| p.bytes, Quota::DEFAULT.bytes),
+            buffers: pick(|p| p.buffers.map(u64::from), Quota::DEFAULT.buffers.into())
+                .try_into()
+                .unwrap_or(u32::MAX),
+            in_flight: pick(
+                |p| p.in_flight.map(u64::from),
+                Quota::DEFAULT.in_flight.into(),
+            )
+            .try_into()
+            .unwrap_or(u32::MAX),
+        };
+        let participants = own
+            .and_then(|p| p.participants.clone())
+            .or_else(|| self.defaults.participants.clone())
+            .unwrap_or_default();
+        let admin = own
+            .and_then(|p| p.admin)
+            .or(self.defaults.admin)
+            .unwrap_or(false);
+        ResolvedPolicy {
+            quota,
+            participants,
+            admin,
+        }
+    }
+
+    /// Loads every named participant's constraint file.
+    pub fn load_participants(&self) -> Result<BTreeMap<String, Participant>, ConfigError> {
+        let mut out = BTreeMap::new();
+        for (name, source) in &self.participants {
+            let file =
+                constraints_file::load(&source.file).map_err(|e| ConfigError::ParticipantFile {
+                    name: name.clone(),
+                    source: e,
+                })?;
+            let missing = |found: String| ConfigError::ParticipantMissing {
+                name: name.clone(),
+                file: source.file.clone(),
+                found,
+            };
+            let labels: Vec<&str> = file.participant.iter().map(|p| p.label.as_str()).collect();
+            let participant = match &source.label {
+                Some(label) => file
+                    .participant
+                    .iter()
+                    .find(|p| &p.label == label)
+                    .ok_or_else(|| {
+                        missing(format!("no participant labelled {label:?} ({labels:?})"))
+                    })?,
+                None => match file.participant.as_slice() {
+                    [only] => only,
+                    _ => {
+                        return Err(missing(format!(
+                            "{} participants {labels:?}; name one with `label`",
+                            labels.len()
+                        )));
+                    }
+                },
+            };
+            out.insert(name.clone(), participant.clone());
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.toml"), text)
+    }
+
+    #[test]
+    fn example_file_parses_and_loads_its_participants() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bufbroker.example.toml");
+        let config = Config::load(&path).unwrap();
+        let participants = config.load_participants().unwrap();
+        assert!(participants.contains_key("display"), "{participants:?}");
+        assert_eq!(config.policy("vm-media").quota.bytes, 2 << 30);
+    }
+
+    #[test]
+    fn owner_override_replaces_only_the_fields_it_names() {
+        let config = parse(
+            "[defaults]\nbytes = 100\nbuffers = 5\n[owners.\"uid:1000\"]\nbuffers = 9\nadmin = true\n",
+        )
+        .unwrap();
+        let own = config.policy("uid:1000");
+        let other = config.policy("uid:1001");
+        assert_eq!(
+            (own.quota.bytes, own.quota.buffers, own.admin),
+            (100, 9, true)
+        );
+        assert_eq!((other.quota.buffers, other.admin), (5, false));
+        assert_eq!(other.quota.in_flight, Quota::DEFAULT.in_flight);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let err = parse("[defaults]\nbyte = 1\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `byte`"), "{err}");
+    }
+
+    #[test]
+    fn allow_list_naming_an_unconfigured_participant_is_an_error() {
+        let err = parse("[owners.vm]\nparticipants = [\"camera\"]\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "owner \"vm\" may use participant \"camera\", which is not configured"
+        );
+    }
+
+    #[test]
+    fn file_with_several_participants_needs_a_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("two.toml");
+        let one = "[[participant]]\nid = \"cpu\"\nlabel = \"A\"\n[[participant.alternatives]]\n";
+        std::fs::write(&file, format!("{one}{}", one.replace("\"A\"", "\"B\""))).unwrap();
+        let text = format!(
+            "[participants.x]\nfile = {:?}\n",
+            file.display().to_string()
+        );
+        let err = parse(&text).unwrap().load_participants().unwrap_err();
+        assert!(err.to_string().contains("name one with `label`"), "{err}");
+        let text = format!("{text}label = \"B\"\n");
+        assert_eq!(
+            parse(&text).unwrap().load_participants().unwrap()["x"].label,
+            "B"
+        );
+    }
+}

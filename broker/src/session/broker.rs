@@ -1,0 +1,137 @@
+//! What every session shares: the configuration, the heaps, the named host participants, the
+//! registry and the plan cache.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bufbroker_proto::solver::SolveOptions;
+use bufbroker_proto::{HeapInfo, Participant};
+use thiserror::Error;
+
+use crate::config::{Config, ConfigError, ResolvedPolicy};
+use crate::heap::{DiscoveryConfig, Heap, discover};
+use crate::registry::Registry;
+
+use super::plan_cache::PlanCache;
+
+/// Entries in the plan cache.
+const PLAN_CACHE_CAPACITY: usize = 1024;
+
+/// Errors setting up a broker.
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    /// The configuration is wrong.
+    #[error("invalid configuration")]
+    Config(#[from] ConfigError),
+    /// None of the heaps the configuration allows is available.
+    #[error("none of the allowed heaps {allowed:?} is available (available: {available:?})")]
+    NoHeap {
+        /// The allow-list.
+        allowed: Vec<String>,
+        /// What this machine offers.
+        available: Vec<String>,
+    },
+}
+
+/// The state shared by every session of one broker.
+#[derive(Debug)]
+pub struct Broker {
+    config: Config,
+    heaps: Vec<Arc<dyn Heap>>,
+    heap_infos: Vec<HeapInfo>,
+    participants: BTreeMap<String, Participant>,
+    registry: Registry,
+    plans: PlanCache,
+    solve_options: SolveOptions,
+}
+
+impl Broker {
+    /// A broker over this machine's heaps (discovered, then filtered by `[heaps] allow`).
+    pub fn from_config(config: Config) -> Result<Broker, BrokerError> {
+        let discovery = DiscoveryConfig {
+            memfd_max_size: config.heaps.memfd_max_size,
+            ..DiscoveryConfig::default()
+        };
+        let found = discover(&discovery);
+        for entry in &config.heaps.allow.clone().unwrap_or_default() {
+            if found.get(entry).is_none() {
+                let why = match found.report().entry(entry).map(|e| &e.status) {
+                    Some(crate::heap::HeapStatus::Absent(reason)) => reason.clone(),
+                    _ => "not present on this machine".to_owned(),
+                };
+                log::warn!("allowed heap {entry} is not available: {why}");
+            }
+        }
+        Self::new(config, found.iter().cloned().collect())
+    }
+
+    /// A broker over the given heaps (filtered by `[heaps] allow`); loads the named
+    /// participants' constraint files.
+    pub fn new(config: Config, heaps: Vec<Arc<dyn Heap>>) -> Result<Broker, BrokerError> {
+        let available: Vec<String> = heaps.iter().map(|h| h.info().name.clone()).collect();
+        let heaps: Vec<Arc<dyn Heap>> = match &config.heaps.allow {
+            Some(allow) => heaps
+                .into_iter()
+                .filter(|h| allow.contains(&h.info().name))
+                .collect(),
+            None => heaps,
+        };
+        if heaps.is_empty() {
+            return Err(BrokerError::NoHeap {
+                allowed: config.heaps.allow.clone().unwrap_or_default(),
+                available,
+            });
+        }
+        let participants = config.load_participants()?;
+        let registry = Registry::new(config.global, config.pool.into());
+        Ok(Broker {
+            heap_infos: heaps.iter().map(|h| h.info().clone()).collect(),
+            heaps,
+            participants,
+            registry,
+            plans: PlanCache::new(PLAN_CACHE_CAPACITY),
+            solve_options: SolveOptions::default(),
+            config,
+        })
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The plan cache.
+    pub fn plans(&self) -> &PlanCache {
+        &self.plans
+    }
+
+    /// The heap called `name`, if allowed and available.
+    pub fn heap(&self, name: &str) -> Option<&Arc<dyn Heap>> {
+        self.heaps.iter().find(|h| h.info().name == name)
+    }
+
+    /// The solver's view of the heaps.
+    pub fn heap_infos(&self) -> &[HeapInfo] {
+        &self.heap_infos
+    }
+
+    /// Solver tuning.
+    pub fn solve_options(&self) -> &SolveOptions {
+        &self.solve_options
+    }
+
+    /// The configured host participant called `name`.
+    pub fn participant(&self, name: &str) -> Option<&Participant> {
+        self.participants.get(name)
+    }
+
+    /// The policy of the owner called `name`.
+    pub fn policy(&self, name: &str) -> ResolvedPolicy {
+        self.config.policy(name)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
