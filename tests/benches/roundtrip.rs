@@ -1,0 +1,3 @@
+//! Round-trip benchmark (written with the harness).
+
+fn main() {}
