@@ -6,3 +6,4 @@ pub mod cli;
 pub mod constraints_file;
 pub mod exposure;
 pub mod heap;
+pub mod vhost;
