@@ -1,6 +1,7 @@
 //! Subcommand implementations. Each returns the process exit code.
 
 pub mod heaps;
+pub mod serve;
 pub mod solve;
 
 use std::process::ExitCode;
@@ -12,5 +13,6 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Solve(args) => solve::run(&args),
         Command::Heaps(args) => heaps::run(&args),
+        Command::Serve(args) => serve::run(&args),
     }
 }
