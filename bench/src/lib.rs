@@ -18,7 +18,10 @@ use bufbroker_proto::{
     solve_with,
 };
 use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
-use rutabaga_gfx::{DrmFormat, ImageAllocationInfo, RutabagaGralloc, RutabagaGrallocBackendFlags, RutabagaGrallocFlags};
+use rutabaga_gfx::{
+    DrmFormat, ImageAllocationInfo, RutabagaGralloc, RutabagaGrallocBackendFlags,
+    RutabagaGrallocFlags,
+};
 
 /// One measured operation.
 pub struct Case<'a> {
@@ -98,14 +101,24 @@ pub fn cpu_request(fourcc: Fourcc, width: u32, height: u32) -> Request {
         height,
         formats: vec![fourcc],
         usage,
-        participants: vec![Participant::new(ParticipantId::Cpu, "cpu", usage, ConstraintSet::default())],
+        participants: vec![Participant::new(
+            ParticipantId::Cpu,
+            "cpu",
+            usage,
+            ConstraintSet::default(),
+        )],
         count: 1,
     }
 }
 
 /// Layout-query cases for one image: rutabaga's requirements query, bufbroker's layout
 /// arithmetic, and bufbroker's full solve for the CPU alone.
-pub fn layout_cases<'a>(gralloc: &'a mut RutabagaGralloc, name: &str, width: u32, height: u32) -> Vec<Case<'a>> {
+pub fn layout_cases<'a>(
+    gralloc: &'a mut RutabagaGralloc,
+    name: &str,
+    width: u32,
+    height: u32,
+) -> Vec<Case<'a>> {
     let fourcc: Fourcc = name.parse().expect("known format");
     let info = ImageAllocationInfo {
         width,
@@ -120,9 +133,12 @@ pub fn layout_cases<'a>(gralloc: &'a mut RutabagaGralloc, name: &str, width: u32
     };
     let mut cases = Vec::new();
     if gralloc.get_image_memory_requirements(info).is_ok() {
-        cases.push(Case::new("rutabaga get_image_memory_requirements", move || {
-            black_box(gralloc.get_image_memory_requirements(black_box(info)).ok());
-        }));
+        cases.push(Case::new(
+            "rutabaga get_image_memory_requirements",
+            move || {
+                black_box(gralloc.get_image_memory_requirements(black_box(info)).ok());
+            },
+        ));
     }
     let rules = LayoutRules::default();
     cases.push(Case::new("bufbroker compute_layout", move || {
@@ -143,20 +159,19 @@ pub fn layout_cases<'a>(gralloc: &'a mut RutabagaGralloc, name: &str, width: u32
 /// The syscalls the memfd heap makes, without the heap around them: memfd_create, ftruncate,
 /// fallocate, the seals, close.
 pub fn raw_sealed_memfd(size: u64) {
-    let fd = rustix::fs::memfd_create(
-        "raw",
-        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-    )
-    .unwrap();
+    let fd =
+        rustix::fs::memfd_create("raw", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
     rustix::fs::ftruncate(&fd, size).unwrap();
     rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, size).unwrap();
-    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL).unwrap();
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+        .unwrap();
     drop(black_box(fd));
 }
 
 /// What rutabaga's system allocation does: memfd_create and ftruncate, no preallocation.
 pub fn raw_unbacked_memfd(size: u64) {
-    let fd = rustix::fs::memfd_create("raw", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    let fd =
+        rustix::fs::memfd_create("raw", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
     rustix::fs::ftruncate(&fd, size).unwrap();
     drop(black_box(fd));
 }
@@ -178,7 +193,9 @@ pub fn alloc_cases<'a>(
         .expect("R8 is supported");
     reqs.size = size;
     vec![
-        Case::new("raw memfd+ftruncate+fallocate+seals", move || raw_sealed_memfd(size)),
+        Case::new("raw memfd+ftruncate+fallocate+seals", move || {
+            raw_sealed_memfd(size)
+        }),
         Case::new("bufbroker memfd heap, cold", move || {
             drop(black_box(heap.allocate(size).unwrap()));
         }),
@@ -186,7 +203,9 @@ pub fn alloc_cases<'a>(
             let b = pool.allocate(&1, heap, size).unwrap();
             pool.release(&1, black_box(b));
         }),
-        Case::new("raw memfd+ftruncate (no preallocation)", move || raw_unbacked_memfd(size)),
+        Case::new("raw memfd+ftruncate (no preallocation)", move || {
+            raw_unbacked_memfd(size)
+        }),
         Case::new("rutabaga allocate_memory (system)", move || {
             drop(black_box(gralloc.allocate_memory(reqs).unwrap()));
         }),
@@ -197,7 +216,7 @@ pub fn alloc_cases<'a>(
 pub fn rutabaga_system() -> RutabagaGralloc {
     // gbm and vulkano are compiled out (no features), so only the system backend exists.
     RutabagaGralloc::new(RutabagaGrallocBackendFlags::new().disable_vulkano())
-    .expect("the system backend needs no device")
+        .expect("the system backend needs no device")
 }
 
 /// A pool that keeps a few buffers for one owner.

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 /// bufbroker: a buffer-allocation broker for virtual machines.
 #[derive(Debug, Parser)]
@@ -22,6 +22,8 @@ pub enum Command {
     Heaps(HeapsArgs),
     /// Serve host processes on a local Unix socket (buffers are passed as fds).
     ServeLocal(ServeLocalArgs),
+    /// Serve guests as a vhost-user device (one VMM connection per socket at a time).
+    Serve(ServeArgs),
 }
 
 /// Arguments of `bufbroker serve-local`.
@@ -35,6 +37,70 @@ pub struct ServeLocalArgs {
     /// heap, default quotas, no named host participants.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+/// Arguments of `bufbroker serve`.
+#[derive(Debug, Args)]
+#[command(version)]
+#[command(group(ArgGroup::new("listen").args(["socket_path", "fd"]).multiple(false)))]
+pub struct ServeArgs {
+    /// Listen on this unix socket (a stale socket file is replaced). With `--socket-count N`,
+    /// listen on PATH0 .. PATH{N-1}, one guest each.
+    #[arg(long, value_name = "PATH", required_unless_present_any = ["fd", "print_capabilities"])]
+    pub socket_path: Option<PathBuf>,
+
+    /// Number of sockets (guests) to serve when listening on `--socket-path`.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "socket_path",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub socket_count: u32,
+
+    /// Serve the listening unix socket already open as file descriptor N (from systemd
+    /// socket activation or libvirt).
+    #[arg(long, value_name = "N")]
+    pub fd: Option<i32>,
+
+    /// Print the vhost-user backend capabilities as JSON and exit.
+    #[arg(long)]
+    pub print_capabilities: bool,
+
+    /// Configuration file (TOML; see docs/configuration.md). Guests are matched by their
+    /// socket's file name. Without it: every discovered heap, default quotas.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Also serve host processes on this unix socket, with the same buffers and grants.
+    #[arg(long, value_name = "PATH")]
+    pub local_socket: Option<PathBuf>,
+
+    /// Size of the shared-memory window (virtio shared-memory region 0) each guest gets: a
+    /// power of two of at least 4 KiB; K, M and G suffixes (powers of 1024) are accepted.
+    #[arg(long, value_name = "BYTES", default_value = "64M", value_parser = parse_window_size)]
+    pub shmem_size: u64,
+}
+
+/// Parses a window size: a power of two >= 4096, with an optional K/M/G suffix.
+fn parse_window_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, shift) = [('K', 10), ('M', 20), ('G', 30)]
+        .into_iter()
+        .find_map(|(suffix, shift)| {
+            s.strip_suffix(suffix)
+                .or_else(|| s.strip_suffix(suffix.to_ascii_lowercase()))
+                .map(|d| (d, shift))
+        })
+        .unwrap_or((s, 0));
+    let n: u64 = digits
+        .parse()
+        .map_err(|e| format!("{s:?} is not a size: {e}"))?;
+    let size = n
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s} is too large"))?;
+    if size < 4096 || !size.is_power_of_two() {
+        return Err(format!(
+            "{s} is not a power of two of at least 4096 bytes (it becomes a PCI BAR)"
+        ));
+    }
+    Ok(size)
 }
 
 /// Arguments of `bufbroker heaps`.

@@ -28,6 +28,21 @@ pub enum ExposureError {
     /// The peer is gone.
     #[error("the VMM connection is closed")]
     Disconnected,
+    /// The guest has not started the device, or has reset it: nothing can be shown to it now
+    /// (QEMU 11.1 crashes on a SHMEM_MAP before the device starts).
+    #[error("the guest has not started the device")]
+    NotStarted,
+    /// The window range cannot be used: unaligned, outside the window, overlapping a mapped
+    /// range (to map), not mapped (to unmap), or no free range is large enough.
+    #[error("window range {window_offset:#x}+{len:#x}: {reason}")]
+    WindowRange {
+        /// Offset in the window.
+        window_offset: u64,
+        /// Length.
+        len: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// One region of guest RAM as the VMM shared it (from SET_MEM_TABLE).

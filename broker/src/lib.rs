@@ -16,3 +16,4 @@ pub mod heap;
 pub mod local;
 pub mod registry;
 pub mod session;
+pub mod vhost;

@@ -1,3 +1,49 @@
-//! Test support for bufbroker: the in-process VMM harness and the QEMU end-to-end runner.
+//! bufbroker's in-process test harness: a VMM and a guest driver in one process, talking to
+//! the real broker code over a real vhost-user socket.
 //!
-//! Not written yet: see `README.md` for what this crate will hold.
+//! - [`broker::TestBroker`] runs `bufbroker::vhost::serve_socket` on a fresh socket in a
+//!   thread, with any [`bufbroker::vhost::HandlerFactory`];
+//!   [`broker::Recorder`] is a factory that records teardowns and hands out each connection's
+//!   [`bufbroker::exposure::GuestExposure`].
+//! - [`vmm::Vmm`] plays QEMU: the handshake through vhost's `Frontend`, memfd guest RAM,
+//!   the backend channel served on its own thread (recording SHMEM_MAP / SHARED_OBJECT
+//!   traffic, acking with REPLY_ACK, mapping windows into a reserved address range), device
+//!   start, reset and disconnect.
+//! - [`ring::SplitRing`] is the guest driver's side of a split virtqueue, with EVENT_IDX
+//!   (virtio-queue's `MockSplitQueue` lays out 256-entry rings wrongly and never wraps).
+//!
+//! See `tests/README.md` for what the tests cover.
+
+pub mod broker;
+pub mod memory;
+pub mod ring;
+pub mod vmm;
+
+use thiserror::Error;
+
+/// A harness failure, with what was being done.
+#[derive(Debug, Error)]
+#[error("{0}")]
+pub struct HarnessError(pub String);
+
+impl HarnessError {
+    /// An error from `what` and a cause.
+    pub fn new(what: &str, cause: impl std::fmt::Display) -> Self {
+        HarnessError(format!("{what}: {cause}"))
+    }
+}
+
+/// The harness's result type.
+pub type Result<T> = std::result::Result<T, HarnessError>;
+
+/// Adds context to any displayable error.
+pub trait Context<T> {
+    /// Wraps the error with `what`.
+    fn context(self, what: &str) -> Result<T>;
+}
+
+impl<T, E: std::fmt::Display> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: &str) -> Result<T> {
+        self.map_err(|e| HarnessError::new(what, e))
+    }
+}

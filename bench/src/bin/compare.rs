@@ -10,11 +10,21 @@ use bufbroker_bench::{Case, alloc_cases, compare, human, layout_cases, pool, rut
 
 fn table(title: &str, cases: &mut [Case<'_>], rounds: usize, round_time: Duration) {
     let times = compare(cases, rounds, round_time);
-    let base = times.first().copied().unwrap_or_default().as_secs_f64().max(1e-12);
+    let base = times
+        .first()
+        .copied()
+        .unwrap_or_default()
+        .as_secs_f64()
+        .max(1e-12);
     println!("\n{title}");
     println!("{:<42} {:>12} {:>9}", "case", "median", "ratio");
     for (c, t) in cases.iter().zip(&times) {
-        println!("{:<42} {:>12} {:>8.2}x", c.name, human(*t), t.as_secs_f64() / base);
+        println!(
+            "{:<42} {:>12} {:>8.2}x",
+            c.name,
+            human(*t),
+            t.as_secs_f64() / base
+        );
     }
 }
 
@@ -37,14 +47,28 @@ fn main() {
     ] {
         let mut gralloc = rutabaga_system();
         let mut cases = layout_cases(&mut gralloc, name, w, h);
-        let note = if cases.len() == 2 { " (rutabaga: format unsupported)" } else { "" };
-        table(&format!("layout query {name} {w}x{h}{note}"), &mut cases, rounds, round_time);
+        let note = if cases.len() == 2 {
+            " (rutabaga: format unsupported)"
+        } else {
+            ""
+        };
+        table(
+            &format!("layout query {name} {w}x{h}{note}"),
+            &mut cases,
+            rounds,
+            round_time,
+        );
     }
     let heap = MemfdHeap::new();
     let pool = pool();
     for size in [4u64 << 10, 1 << 20, 8 << 20, 32 << 20] {
         let mut gralloc = rutabaga_system();
         let mut cases = alloc_cases(&mut gralloc, &heap, &pool, size);
-        table(&format!("allocate + free, {} KiB", size >> 10), &mut cases, rounds, round_time);
+        table(
+            &format!("allocate + free, {} KiB", size >> 10),
+            &mut cases,
+            rounds,
+            round_time,
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Subcommand implementations. Each returns the process exit code.
 
 pub mod heaps;
+pub mod serve;
 pub mod serve_local;
 pub mod solve;
 
@@ -14,5 +15,6 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Solve(args) => solve::run(&args),
         Command::Heaps(args) => heaps::run(&args),
         Command::ServeLocal(args) => serve_local::run(&args),
+        Command::Serve(args) => serve::run(&args),
     }
 }

@@ -596,6 +596,26 @@ impl Registry {
             .map_err(|source| RegistryError::DupFd { buffer: id, source })
     }
 
+    /// A new descriptor for the buffer with `uuid`, if `owner` owns it (for the VMM's
+    /// GET_SHARED_OBJECT on behalf of another device of the owner's VM). Takes no reference.
+    pub fn owned_fd_by_uuid(
+        &self,
+        owner: OwnerId,
+        uuid: Uuid,
+    ) -> Result<std::os::fd::OwnedFd, RegistryError> {
+        let id = *self
+            .lock()
+            .by_uuid
+            .get(&uuid)
+            .ok_or(RegistryError::UnknownUuid(uuid))?;
+        let view = self.get(owner, id)?;
+        if !view.owned {
+            return Err(RegistryError::UnknownUuid(uuid));
+        }
+        rustix::io::fcntl_dupfd_cloexec(view.memory.fd(), 0)
+            .map_err(|source| RegistryError::DupFd { buffer: id, source })
+    }
+
     /// Records a view of buffer `id` set up by `holder` (its owner or an importer).
     /// `teardown` runs when the view is removed, the buffer freed or the holder removed.
     /// If `holder` cannot hold the buffer, `teardown` runs before the error returns.

@@ -17,6 +17,7 @@
 //! Dropping a session removes its owner: every buffer, view and recycled buffer is freed.
 
 mod broker;
+mod guest;
 mod plan_cache;
 mod window;
 
@@ -43,6 +44,7 @@ use crate::heap::page_size;
 use crate::registry::{Allocated, OwnerId, RegistryError, ViewKind};
 
 pub use broker::{Broker, BrokerError};
+pub use guest::{GuestHandler, guest_factory};
 pub use plan_cache::{FastHashState, FastHasher, Outcome, PlanCache};
 pub use window::WindowAllocator;
 
@@ -150,7 +152,10 @@ impl SessionError {
             SessionError::WindowFull(_) => ErrorCode::OUT_OF_MEMORY,
             SessionError::Exposure { source, .. } => match source {
                 ExposureError::Unsupported(_) => ErrorCode::UNSUPPORTED,
-                ExposureError::Refused { .. } | ExposureError::Disconnected => ErrorCode::INTERNAL,
+                ExposureError::Refused { .. }
+                | ExposureError::Disconnected
+                | ExposureError::NotStarted
+                | ExposureError::WindowRange { .. } => ErrorCode::INTERNAL,
             },
         }
     }

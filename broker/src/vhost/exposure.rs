@@ -1,0 +1,372 @@
+//! [`VhostExposure`]: the vhost-user device's [`GuestExposure`].
+//!
+//! Backend-channel requests (SHMEM_MAP/UNMAP, SHARED_OBJECT_ADD/REMOVE) block until the VMM
+//! acks them, and the VMM may need the main socket served before it can (QEMU sends a new
+//! SET_MEM_TABLE after every map; measured: sending SHMEM_MAP from the thread that serves
+//! QEMU's requests deadlocks QEMU). So every such request runs on one dedicated thread per
+//! connection, the *exposure thread*; callers on other threads wait for its answer. The
+//! handler's teardown runs there too, so a teardown started by a QEMU request never blocks
+//! QEMU's request thread.
+//!
+//! Maps and shared objects are sent only while the device is started (a ring was kicked since
+//! the last reset): QEMU 11.1 crashes on a SHMEM_MAP before the guest starts the device.
+//! Mapped ranges are tracked in a [`WindowAllocator`] so two mappings never overlap.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::{JoinHandle, ThreadId};
+use std::time::Duration;
+
+use uuid::Uuid;
+use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags, VhostUserSharedMsg};
+use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
+use vm_memory::{
+    GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
+
+use super::window::{WindowAllocator, WindowRange};
+use crate::exposure::{ExposureError, GuestExposure, GuestRegion};
+
+type Job = Box<dyn FnOnce(&Shared) + Send>;
+
+/// How long a map waits for the guest to start the device before failing with
+/// [`ExposureError::NotStarted`].
+pub const START_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The exposure of one guest connection. See the module docs.
+pub struct VhostExposure {
+    shared: Arc<Shared>,
+    jobs: Mutex<Option<Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    thread_id: ThreadId,
+}
+
+struct Shared {
+    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    channel: Mutex<Option<Backend>>,
+    state: Mutex<State>,
+    state_changed: Condvar,
+    window: Mutex<WindowAllocator>,
+    window_size: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    started: bool,
+    closed: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here leaves the data consistent, so a panic elsewhere does not
+    // make it unusable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl VhostExposure {
+    /// The exposure of a device with a window of `window_size` bytes whose guest memory table
+    /// is `mem` (the daemon's). Starts the exposure thread.
+    pub fn new(
+        name: &str,
+        window_size: u64,
+        mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    ) -> std::io::Result<Arc<Self>> {
+        let shared = Arc::new(Shared {
+            mem,
+            channel: Mutex::new(None),
+            state: Mutex::new(State::default()),
+            state_changed: Condvar::new(),
+            window: Mutex::new(WindowAllocator::new(window_size)),
+            window_size,
+        });
+        let (tx, rx) = mpsc::channel::<Job>();
+        let worker_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("{name}-expose"))
+            .spawn(move || {
+                for job in rx {
+                    job(&worker_shared);
+                }
+            })?;
+        Ok(Arc::new(VhostExposure {
+            shared,
+            jobs: Mutex::new(Some(tx)),
+            thread_id: thread.thread().id(),
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    /// The backend channel arrived (SET_BACKEND_REQ_FD).
+    pub fn set_channel(&self, backend: Backend) {
+        *lock(&self.shared.channel) = Some(backend);
+    }
+
+    /// Marks the device started (a ring was kicked) or stopped (reset). Returns the previous
+    /// state.
+    pub fn set_started(&self, started: bool) -> bool {
+        let mut state = lock(&self.shared.state);
+        let was = std::mem::replace(&mut state.started, started);
+        self.shared.state_changed.notify_all();
+        was
+    }
+
+    /// Whether the device is started.
+    pub fn is_started(&self) -> bool {
+        lock(&self.shared.state).started
+    }
+
+    /// Runs `f` on the exposure thread without waiting for it.
+    pub fn schedule(&self, f: impl FnOnce() + Send + 'static) {
+        let sent = lock(&self.jobs)
+            .as_ref()
+            .is_some_and(|tx| tx.send(Box::new(move |_: &Shared| f())).is_ok());
+        if !sent {
+            log::warn!("exposure thread gone: a scheduled job was dropped");
+        }
+    }
+
+    /// The connection ended: later requests fail with [`ExposureError::Disconnected`], jobs
+    /// already queued still run (a teardown scheduled before closing sees a closed channel),
+    /// and the exposure thread ends. Waits for it unless called on it.
+    pub fn close(&self) {
+        {
+            let mut state = lock(&self.shared.state);
+            state.closed = true;
+            state.started = false;
+            self.shared.state_changed.notify_all();
+        }
+        *lock(&self.shared.channel) = None;
+        lock(&self.jobs).take();
+        let thread = lock(&self.thread).take();
+        if let Some(t) = thread
+            && std::thread::current().id() != self.thread_id
+            && t.join().is_err()
+        {
+            log::error!("the exposure thread panicked");
+        }
+    }
+
+    /// Allocates a range of `len` bytes (page aligned, first fit) and maps `fd` there; the
+    /// range is free again if the map fails. Returns the window offset.
+    pub fn map_anywhere(
+        &self,
+        fd: BorrowedFd<'_>,
+        fd_offset: u64,
+        len: u64,
+        writable: bool,
+    ) -> Result<u64, ExposureError> {
+        let fd = dup(fd, "SHMEM_MAP")?;
+        self.run(move |s| s.map(&fd, fd_offset, None, len, writable))
+    }
+
+    /// Runs `f` on the exposure thread and waits for its result; inline when already there.
+    fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Shared) -> Result<R, ExposureError> + Send + 'static,
+    ) -> Result<R, ExposureError> {
+        if std::thread::current().id() == self.thread_id {
+            return f(&self.shared);
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |s: &Shared| {
+            let _ = tx.send(f(s));
+        });
+        let sent = lock(&self.jobs)
+            .as_ref()
+            .is_some_and(|j| j.send(job).is_ok());
+        if !sent {
+            return Err(ExposureError::Disconnected);
+        }
+        rx.recv().unwrap_or(Err(ExposureError::Disconnected))
+    }
+}
+
+impl Drop for VhostExposure {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn dup(fd: BorrowedFd<'_>, what: &'static str) -> Result<OwnedFd, ExposureError> {
+    fd.try_clone_to_owned()
+        .map_err(|source| ExposureError::Refused { what, source })
+}
+
+impl Shared {
+    fn channel(&self) -> Result<Backend, ExposureError> {
+        lock(&self.channel)
+            .clone()
+            .ok_or(ExposureError::Disconnected)
+    }
+
+    fn wait_started(&self) -> Result<(), ExposureError> {
+        let state = lock(&self.state);
+        let (state, _) = self
+            .state_changed
+            .wait_timeout_while(state, START_TIMEOUT, |s| !s.started && !s.closed)
+            .unwrap_or_else(PoisonError::into_inner);
+        if state.closed {
+            Err(ExposureError::Disconnected)
+        } else if !state.started {
+            Err(ExposureError::NotStarted)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A failed backend-channel request: the channel is gone, or the VMM said no.
+    fn refused(&self, what: &'static str, source: std::io::Error) -> ExposureError {
+        if lock(&self.state).closed {
+            ExposureError::Disconnected
+        } else {
+            ExposureError::Refused { what, source }
+        }
+    }
+
+    fn map(
+        &self,
+        fd: &OwnedFd,
+        fd_offset: u64,
+        window_offset: Option<u64>,
+        len: u64,
+        writable: bool,
+    ) -> Result<u64, ExposureError> {
+        let channel = self.channel()?;
+        self.wait_started()?;
+        let range = {
+            let mut window = lock(&self.window);
+            match window_offset {
+                Some(offset) => {
+                    let range = WindowRange { offset, len };
+                    window.reserve(range).map(|()| range)
+                }
+                None => window.allocate(len),
+            }
+            .map_err(|e| ExposureError::WindowRange {
+                window_offset: window_offset.unwrap_or(0),
+                len,
+                reason: e.to_string(),
+            })?
+        };
+        let msg = VhostUserMMap {
+            shmid: 0,
+            padding: [0; 7],
+            fd_offset,
+            shm_offset: range.offset,
+            len: range.len,
+            flags: if writable {
+                VhostUserMMapFlags::WRITABLE.bits()
+            } else {
+                0
+            },
+        };
+        match channel.shmem_map(&msg, &fd.as_fd()) {
+            Ok(_) => Ok(range.offset),
+            Err(e) => {
+                if let Err(release) = lock(&self.window).release(range) {
+                    log::error!("window bookkeeping after a failed map: {release}");
+                }
+                Err(self.refused("SHMEM_MAP", e))
+            }
+        }
+    }
+
+    fn unmap(&self, window_offset: u64, len: u64) -> Result<(), ExposureError> {
+        let channel = self.channel()?;
+        let range = WindowRange {
+            offset: window_offset,
+            len,
+        };
+        if !lock(&self.window).is_in_use(range) {
+            return Err(ExposureError::WindowRange {
+                window_offset,
+                len,
+                reason: "not mapped".into(),
+            });
+        }
+        let msg = VhostUserMMap {
+            shmid: 0,
+            padding: [0; 7],
+            fd_offset: 0,
+            shm_offset: window_offset,
+            len,
+            flags: 0,
+        };
+        channel
+            .shmem_unmap(&msg)
+            .map_err(|e| self.refused("SHMEM_UNMAP", e))?;
+        lock(&self.window)
+            .release(range)
+            .map_err(|e| ExposureError::WindowRange {
+                window_offset,
+                len,
+                reason: e.to_string(),
+            })
+    }
+
+    fn shared_object(&self, uuid: Uuid, add: bool) -> Result<(), ExposureError> {
+        let channel = self.channel()?;
+        let msg = VhostUserSharedMsg { uuid };
+        if add {
+            self.wait_started()?;
+            channel
+                .shared_object_add(&msg)
+                .map_err(|e| self.refused("SHARED_OBJECT_ADD", e))?;
+        } else {
+            channel
+                .shared_object_remove(&msg)
+                .map_err(|e| self.refused("SHARED_OBJECT_REMOVE", e))?;
+        }
+        Ok(())
+    }
+}
+
+impl GuestExposure for VhostExposure {
+    fn window_size(&self) -> u64 {
+        self.shared.window_size
+    }
+
+    fn map_window(
+        &self,
+        fd: BorrowedFd<'_>,
+        fd_offset: u64,
+        window_offset: u64,
+        len: u64,
+        writable: bool,
+    ) -> Result<(), ExposureError> {
+        let fd = dup(fd, "SHMEM_MAP")?;
+        self.run(move |s| {
+            s.map(&fd, fd_offset, Some(window_offset), len, writable)
+                .map(drop)
+        })
+    }
+
+    fn unmap_window(&self, window_offset: u64, len: u64) -> Result<(), ExposureError> {
+        self.run(move |s| s.unmap(window_offset, len))
+    }
+
+    fn add_shared_object(&self, uuid: Uuid) -> Result<(), ExposureError> {
+        self.run(move |s| s.shared_object(uuid, true))
+    }
+
+    fn remove_shared_object(&self, uuid: Uuid) -> Result<(), ExposureError> {
+        self.run(move |s| s.shared_object(uuid, false))
+    }
+
+    fn with_guest_memory(&self, f: &mut dyn FnMut(&[GuestRegion<'_>])) {
+        let mem = self.shared.mem.memory();
+        let regions: Vec<GuestRegion<'_>> = mem
+            .iter()
+            .filter_map(|r| {
+                let file = r.file_offset()?;
+                Some(GuestRegion {
+                    guest_phys: r.start_addr().0,
+                    size: r.len(),
+                    fd: file.file().as_fd(),
+                    fd_offset: file.start(),
+                })
+            })
+            .collect();
+        f(&regions);
+    }
+}

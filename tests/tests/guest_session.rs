@@ -1,0 +1,226 @@
+//! The whole broker in-process: a guest (harness VMM + split-ring driver) talks to the real
+//! session through the vhost-user device; a host process on the local socket of the same
+//! broker imports the guest's buffer under a grant. Zero copy is checked by writing through
+//! the host client's fd and reading the guest's shared-memory window.
+
+// Test code: a panic is a test failure, which is what these lints would otherwise forbid.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bufbroker::config::Config;
+use bufbroker::heap::Mapping;
+use bufbroker::local::{Client, LocalServer};
+use bufbroker::session::{Broker, guest_factory};
+use bufbroker::vhost::DeviceConfig;
+use bufbroker_proto::wire::{
+    self, Access, Allocate, ErrorCode, Export, Features, Free, Grant, Hello, Import, ImportView,
+    Location, Message, Placement,
+};
+use bufbroker_proto::{ConstraintSet, Participant, ParticipantId, Request, Usage};
+use bufbroker_tests::broker::TestBroker;
+use bufbroker_tests::vmm::{ChannelEvent, Vmm, VmmOptions};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Setup {
+    broker: Arc<Broker>,
+    device: TestBroker,
+    local: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    let broker = Arc::new(Broker::from_config(Config::default()).unwrap());
+    let device = TestBroker::start(
+        guest_factory(broker.clone()),
+        DeviceConfig {
+            shmem_size: 64 << 20,
+            ..DeviceConfig::default()
+        },
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local.sock");
+    let server = LocalServer::bind(&local, broker.clone()).unwrap();
+    std::thread::spawn(move || server.serve());
+    Setup {
+        broker,
+        device,
+        local,
+        _dir: dir,
+    }
+}
+
+fn ask(vmm: &mut Vmm, id: u32, message: &Message) -> Message {
+    let bytes = vmm
+        .request(&wire::encode(message, id).unwrap(), 64 * 1024)
+        .unwrap();
+    let (header, reply) = wire::decode(&bytes).unwrap();
+    assert_eq!(header.request_id, id);
+    reply
+}
+
+fn hello(vmm: &mut Vmm) {
+    let reply = ask(
+        vmm,
+        1,
+        &Message::Hello(Hello {
+            min_version: wire::MIN_PROTOCOL_VERSION,
+            max_version: wire::PROTOCOL_VERSION,
+            features: Features::all(),
+            client: "harness guest".into(),
+        }),
+    );
+    let Message::HelloReply(r) = reply else {
+        panic!("expected HelloReply, got {reply:?}")
+    };
+    assert!(r.features.contains(Features::HOST_WINDOW));
+}
+
+fn nv12_1080p() -> Request {
+    let usage = Usage::CPU_READ | Usage::CPU_WRITE;
+    Request {
+        width: 1920,
+        height: 1080,
+        formats: vec!["NV12".parse().unwrap()],
+        usage,
+        participants: vec![Participant::new(
+            ParticipantId::Cpu,
+            "guest cpu",
+            usage,
+            ConstraintSet::default(),
+        )],
+        count: 1,
+    }
+}
+
+#[test]
+fn guest_buffer_in_the_window_is_the_host_clients_buffer() {
+    let s = setup();
+    let mut vmm = Vmm::connect_and_start(s.device.socket(), VmmOptions::default()).unwrap();
+    hello(&mut vmm);
+
+    // The guest allocates NV12 1080p in the host window.
+    let reply = ask(
+        &mut vmm,
+        2,
+        &Message::Allocate(Allocate {
+            request: nv12_1080p(),
+            placement: Placement::HostWindow,
+        }),
+    );
+    let Message::AllocateReply(alloc) = reply else {
+        panic!("expected AllocateReply, got {reply:?}")
+    };
+    assert_eq!(alloc.plan.size, 1920 * 1080 * 3 / 2);
+    let buffer = alloc.buffers[0];
+    let Location::HostWindow { offset, len, .. } = buffer.location else {
+        panic!("not in the window: {:?}", buffer.location)
+    };
+    assert!(len >= alloc.plan.size);
+    assert!(
+        vmm.channel
+            .wait_for(WAIT, |events| events.iter().any(|e| matches!(
+                e,
+                ChannelEvent::ShmemMap { shm_offset, .. } if *shm_offset == offset
+            )))
+    );
+
+    // It exports and grants it to the host process (root on the local socket).
+    let reply = ask(&mut vmm, 3, &Message::Export(Export { buffer: buffer.id }));
+    let Message::ExportReply(export) = reply else {
+        panic!("expected ExportReply, got {reply:?}")
+    };
+    assert_eq!(export.uuid, buffer.uuid);
+    let uid = rustix::process::getuid().as_raw();
+    let reply = ask(
+        &mut vmm,
+        4,
+        &Message::Grant(Grant {
+            buffer: buffer.id,
+            grantee: format!("uid:{uid}"),
+            access: Access::ReadWrite,
+        }),
+    );
+    assert!(matches!(reply, Message::GrantReply(_)), "{reply:?}");
+
+    // The host process imports it, receives the fd, and writes a pattern.
+    let (mut client, _) = Client::connect_hello(&s.local, Features::all()).unwrap();
+    let (reply, fds) = client
+        .request(&Message::Import(Import {
+            uuid: export.uuid,
+            view: ImportView::HostClient,
+        }))
+        .unwrap();
+    let Message::ImportReply(import) = reply else {
+        panic!("expected ImportReply, got {reply:?}")
+    };
+    assert_eq!(import.plan, alloc.plan);
+    assert_eq!(fds.len(), 1);
+    let host = Mapping::new(std::os::fd::AsFd::as_fd(&fds[0]), 0, alloc.plan.size, true).unwrap();
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    host.write_at(0, &pattern).unwrap();
+    let tail = (alloc.plan.size - 4096) & !4095;
+    host.write_at(tail as usize, &pattern).unwrap();
+
+    // The guest's window shows the same bytes: one buffer, no copy.
+    assert_eq!(vmm.channel.read_window(offset, 4096).unwrap(), pattern);
+    assert_eq!(
+        vmm.channel.read_window(offset + tail, 4096).unwrap(),
+        pattern
+    );
+    let stats = s.broker.registry().total_bytes();
+    assert!(stats >= alloc.plan.size);
+}
+
+#[test]
+fn guest_reset_frees_its_buffers_and_unmaps_the_window() {
+    let s = setup();
+    let before = s.broker.registry().total_bytes();
+    let mut vmm = Vmm::connect_and_start(s.device.socket(), VmmOptions::default()).unwrap();
+    hello(&mut vmm);
+    for id in 2..5 {
+        let reply = ask(
+            &mut vmm,
+            id,
+            &Message::Allocate(Allocate {
+                request: nv12_1080p(),
+                placement: Placement::HostWindow,
+            }),
+        );
+        assert!(matches!(reply, Message::AllocateReply(_)), "{reply:?}");
+    }
+    assert!(s.broker.registry().total_bytes() > before);
+
+    vmm.reset().unwrap();
+    assert!(vmm.channel.wait_for(WAIT, |events| {
+        events
+            .iter()
+            .filter(|e| matches!(e, ChannelEvent::ShmemUnmap { .. }))
+            .count()
+            == 3
+    }));
+    assert_eq!(s.broker.registry().total_bytes(), before);
+
+    // The device serves again after the reset: a new session that must say Hello first.
+    vmm.start().unwrap();
+    let reply = ask(
+        &mut vmm,
+        9,
+        &Message::Free(Free {
+            buffer: wire::BufferId(1),
+        }),
+    );
+    let Message::ErrorReply(e) = reply else {
+        panic!("expected ErrorReply, got {reply:?}")
+    };
+    assert_eq!(e.code, ErrorCode::NOT_NEGOTIATED);
+    hello(&mut vmm);
+}
