@@ -1,0 +1,2 @@
+//! NV12 example (to come).
+fn main() {}

@@ -1,0 +1,2 @@
+//! Guest self-test (to come).
+fn main() {}
