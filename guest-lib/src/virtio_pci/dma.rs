@@ -236,7 +236,11 @@ mod tests {
         let mem = DmaMemory::new(3 * PAGE_SIZE + 1).unwrap();
 
         assert_eq!(mem.len(), 4 * PAGE_SIZE);
-        assert!(mem.pages.iter().all(|&pa| pa != 0 && pa % PAGE_SIZE as u64 == 0));
+        assert!(
+            mem.pages
+                .iter()
+                .all(|&pa| pa != 0 && pa % PAGE_SIZE as u64 == 0)
+        );
         assert!(mem.still_at());
         assert_eq!(mem.phys(5).unwrap(), mem.pages[0] + 5);
     }
