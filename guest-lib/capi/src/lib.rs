@@ -1,4 +1,4 @@
-//! The C API of the bufbroker client library (`libbufbroker`, header `bufbroker.h`).
+//! The C API of the bufbroker client library (`libbufbroker_client`, header `bufbroker.h`).
 //!
 //! Every exported function catches panics (`catch_unwind`) and turns them into
 //! `BB_ERROR_PANIC`; errors are returned as a [`bb_status`] and described by

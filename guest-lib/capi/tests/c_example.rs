@@ -16,7 +16,7 @@ use bufbroker_guest::bufbroker_proto::ParticipantId;
 use bufbroker_guest::fake::FakeBroker;
 use bufbroker_guest::participants;
 
-/// `libbufbroker.a`, built with this test's dependencies (target/<profile>/deps or its parent).
+/// `libbufbroker_client.a`, built with this test's dependencies (target/<profile>/deps or its parent).
 fn static_lib() -> PathBuf {
     let deps = std::env::current_exe()
         .unwrap()
@@ -24,12 +24,12 @@ fn static_lib() -> PathBuf {
         .unwrap()
         .to_owned();
     [
-        deps.join("libbufbroker.a"),
-        deps.parent().unwrap().join("libbufbroker.a"),
+        deps.join("libbufbroker_client.a"),
+        deps.parent().unwrap().join("libbufbroker_client.a"),
     ]
     .into_iter()
     .find(|p| p.exists())
-    .expect("libbufbroker.a next to the test binary")
+    .expect("libbufbroker_client.a next to the test binary")
 }
 
 #[test]
@@ -92,12 +92,12 @@ fn c_api_reports_connect_failure_with_a_message() {
 
     // SAFETY: valid NUL-terminated path and out pointer.
     let status = unsafe {
-        bufbroker::bb_connect_local(c"/nonexistent/bufbroker.sock".as_ptr(), &mut client)
+        bufbroker_client::bb_connect_local(c"/nonexistent/bufbroker.sock".as_ptr(), &mut client)
     };
     // SAFETY: bb_last_error returns a NUL-terminated string valid until the next call.
-    let message = unsafe { std::ffi::CStr::from_ptr(bufbroker::bb_last_error()) };
+    let message = unsafe { std::ffi::CStr::from_ptr(bufbroker_client::bb_last_error()) };
 
-    assert_eq!(status, bufbroker::bb_status::BB_ERROR_TRANSPORT);
+    assert_eq!(status, bufbroker_client::bb_status::BB_ERROR_TRANSPORT);
     assert!(client.is_null());
     assert!(message.to_str().unwrap().contains("connect"), "{message:?}");
 }
@@ -105,9 +105,12 @@ fn c_api_reports_connect_failure_with_a_message() {
 #[test]
 fn c_api_null_arguments_are_invalid_not_crashes() {
     // SAFETY: null pointers are part of the contract (rejected).
-    let status = unsafe { bufbroker::bb_ping(std::ptr::null_mut(), std::ptr::null_mut()) };
+    let status = unsafe { bufbroker_client::bb_ping(std::ptr::null_mut(), std::ptr::null_mut()) };
 
-    assert_eq!(status, bufbroker::bb_status::BB_ERROR_INVALID_ARGUMENT);
+    assert_eq!(
+        status,
+        bufbroker_client::bb_status::BB_ERROR_INVALID_ARGUMENT
+    );
 }
 
 #[test]
@@ -115,6 +118,6 @@ fn pkg_config_file_is_generated_with_version_and_lib() {
     let pc = include_str!(concat!(env!("OUT_DIR"), "/bufbroker.pc"));
 
     assert!(pc.contains(&format!("Version: {}", env!("CARGO_PKG_VERSION"))));
-    assert!(pc.contains("Libs: -L${libdir} -lbufbroker"));
+    assert!(pc.contains("Libs: -L${libdir} -lbufbroker_client"));
     assert!(!pc.contains('@'));
 }
