@@ -43,6 +43,7 @@ pub struct VhostExposure {
 }
 
 struct Shared {
+    name: String,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
     channel: Mutex<Option<Backend>>,
     state: Mutex<State>,
@@ -72,6 +73,7 @@ impl VhostExposure {
         mem: GuestMemoryAtomic<GuestMemoryMmap>,
     ) -> std::io::Result<Arc<Self>> {
         let shared = Arc::new(Shared {
+            name: name.to_owned(),
             mem,
             channel: Mutex::new(None),
             state: Mutex::new(State::default()),
@@ -317,6 +319,10 @@ impl Shared {
                 .shared_object_remove(&msg)
                 .map_err(|e| self.refused("SHARED_OBJECT_REMOVE", e))?;
         }
+        // The end-to-end runner checks these lines (with REPLY_ACK the call returned after
+        // the VMM's ack).
+        let what = if add { "ADD" } else { "REMOVE" };
+        log::info!("{}: SHARED_OBJECT_{what} {uuid} acked", self.name);
         Ok(())
     }
 }
