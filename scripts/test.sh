@@ -34,8 +34,8 @@ cargo test --workspace --locked
 step "real kernel: runner self-test (QEMU 11.1, Debian 6.12, udmabuf, dma-heap, VFIO + edu)"
 tests/e2e/selftest.sh
 
-step "real kernel: broker heap tests inside the guest"
-tests/e2e/heap-tests.sh
+step "real VMM: QEMU 11.1 + the broker + guest-lib's driver (scenarios a-f; d = the heap tests inside the guest)"
+tests/e2e/qemu-scenarios.sh --with-heaps
 
 step "real kernel: VFIO with QEMU's edu device behind an emulated IOMMU"
 tests/e2e/vfio-tests.sh

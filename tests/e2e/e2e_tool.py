@@ -7,6 +7,11 @@
   e2e_tool.py extract-vmlinux BZIMAGE OUT unpack the ELF vmlinux from a bzImage (zstd, xz, gzip)
   e2e_tool.py check-static FILE...        fail unless each FILE is an x86-64 ELF without an
                                           interpreter (statically linked) or a #!/bin/sh script
+  e2e_tool.py wait-line FILE REGEX SECS [NTH [PID]]
+                                          wait until FILE has NTH (default 1) lines matching REGEX
+                                          (anywhere in the line, \r dropped) and print the NTH;
+                                          exit 1 after SECS seconds, 3 as soon as process PID is
+                                          gone without the line having appeared
 
 The host may have no kmod (depmod), so modules.dep is generated here, in the format kmod and
 busybox's modprobe read: "path: dep dep ...", all dependencies listed, last one loaded first.
@@ -257,7 +262,49 @@ def cmd_check_static(files):
     sys.exit(1 if bad else 0)
 
 
+def cmd_wait_line(path, regex, secs, nth=1, pid=None):
+    """Follows a growing log file (a guest's serial console, the broker's log) for a line."""
+    import re
+    import time
+
+    pattern = re.compile(regex)
+    deadline = time.monotonic() + float(secs)
+    seen = 0
+    offset = 0
+    partial = b""
+    while True:
+        alive = pid is None or os.path.exists(f"/proc/{pid}")
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            chunk = b""
+        offset += len(chunk)
+        lines = (partial + chunk).split(b"\n")
+        partial = lines.pop()
+        for raw in lines:
+            line = raw.decode("utf-8", "replace").replace("\r", "")
+            if pattern.search(line):
+                seen += 1
+                if seen == nth:
+                    print(line)
+                    return 0
+        if not alive:
+            print(f"e2e_tool: process {pid} ended before line {nth} matching {regex!r} appeared in {path}", file=sys.stderr)
+            sys.exit(3)
+        if time.monotonic() > deadline:
+            print(f"e2e_tool: no line {nth} matching {regex!r} in {path} after {secs} s", file=sys.stderr)
+            sys.exit(1)
+        # A log file offers no change notification in the standard library: re-read it often.
+        time.sleep(0.05)
+
+
 def main(argv):
+    if len(argv) in (4, 5, 6) and argv[0] == "wait-line":
+        nth = int(argv[4]) if len(argv) >= 5 else 1
+        pid = argv[5] if len(argv) == 6 else None
+        return cmd_wait_line(argv[1], argv[2], argv[3], nth, pid)
     if len(argv) >= 2 and argv[0] == "depmod" and len(argv) == 2:
         return cmd_depmod(argv[1])
     if len(argv) >= 3 and argv[0] == "closure":

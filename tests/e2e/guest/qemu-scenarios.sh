@@ -1,0 +1,41 @@
+# shellcheck shell=sh
+# Guest side of tests/e2e/qemu-scenarios.sh (run by /init with helpers.sh loaded). The host
+# picks the role with E2E_ROLE=... on the kernel command line; /dev/ttyS1 is a serial port the
+# host writes "done" into when the guest may go on. The self-test prints the
+# BUFBROKER-RESULT markers itself.
+st=/bin/bufbroker-guest-selftest
+# The broker's device is the first 1af4:1065 (a second one, in scenario b, is the consumer's).
+case "${E2E_ROLE:-}" in
+share)
+	# a + b: negotiate, solve, allocate NV12 1080p in the host window, write the pattern,
+	# export and grant it to the host, hold it until the host has checked it, free it, then
+	# time the round trips.
+	$st --pings 100 --grant "${E2E_GRANTEE:?}" --wait /dev/ttyS1 --bench "${E2E_BENCH:-30}"
+	;;
+hold)
+	# e: hold 3 buffers; exit without freeing (the driver resets the device); then hold 2 and
+	# wait for the host to kill QEMU.
+	$st --hold 3 --wait /dev/ttyS1 && $st --hold 2 --wait /dev/ttyS1
+	;;
+smoke)
+	$st --pings 10
+	;;
+over)
+	# f: allocate until the quota refuses; hold the buffers until the host has checked.
+	$st --fill 10 --expect-quota --wait /dev/ttyS1
+	;;
+under)
+	# f: wait until the other VM sits at its quota, then allocate.
+	# (The host writes only after this marker: bytes reaching a closed port are lost.)
+	exec 3</dev/ttyS1
+	echo "BUFBROKER-WAITING /dev/ttyS1"
+	read -r _ <&3
+	exec 3<&-
+	$st --fill 4
+	;;
+*)
+	echo "unknown E2E_ROLE '${E2E_ROLE:-}'"
+	e2e_result role fail 0
+	false
+	;;
+esac
