@@ -105,6 +105,36 @@ fn unmap_reaches_the_vmm_and_frees_the_range() {
         .unwrap();
 }
 
+/// QEMU 11.1.3 drops a device's mappings when the guest resets it and segfaults on a
+/// SHMEM_UNMAP that arrives while the device is stopped (tests/e2e/qemu-scenarios.sh, scenario
+/// e): after a reset, unmapping only releases the range.
+#[test]
+fn unmap_after_a_reset_sends_nothing_and_frees_the_range() {
+    let recorder = Recorder::new();
+    let broker = broker(&recorder, 1 << 20);
+    let mut vmm = Vmm::connect_and_start(broker.socket(), VmmOptions::default()).unwrap();
+    kick_with_a_ping(&mut vmm);
+    let exposure = recorder.exposure(0, WAIT).unwrap();
+    let buffer = memfd(PAGE, 1);
+    exposure
+        .map_window(buffer.as_fd(), 0, 0, PAGE, false)
+        .unwrap();
+    vmm.reset().unwrap();
+
+    exposure.unmap_window(0, PAGE).unwrap();
+
+    assert_eq!(vmm.channel.events().len(), 1, "{:?}", vmm.channel.events());
+    vmm.start().unwrap();
+    kick_with_a_ping(&mut vmm);
+    exposure
+        .map_window(buffer.as_fd(), 0, 0, PAGE, false)
+        .unwrap();
+    assert!(matches!(
+        vmm.channel.events()[..],
+        [ChannelEvent::ShmemMap { .. }, ChannelEvent::ShmemMap { .. }]
+    ));
+}
+
 #[test]
 fn mapping_into_a_full_window_fails_and_sends_nothing() {
     let recorder = Recorder::new();
