@@ -61,7 +61,7 @@ cmd=("$qemu"
 	-machine q35,memory-backend=mem -accel tcg -m "$memory" -smp 1
 	-object "memory-backend-memfd,id=mem,size=$memory,share=on"
 	-chardev "socket,id=c0,path=$socket"
-	-device vhost-user-test-device-pci,chardev=c0,virtio-id=37,num_vqs=2
+	-device vhost-user-test-device-pci,chardev=c0,virtio-id=37,num_vqs=2,config_size=32
 	-kernel "$kernel" -initrd "$initrd" -append "$append"
 	"${console[@]}" -no-reboot
 	"${extra[@]}")
