@@ -107,11 +107,12 @@ fn is_resource(errno: i32) -> bool {
 
 /// Serves one client until it disconnects; its session (and everything it holds) ends here.
 pub fn serve_client(mut stream: UnixStream, broker: Arc<Broker>) {
-    let name = match rustix::net::sockopt::socket_peercred(&stream) {
+    let (name, pid) = match rustix::net::sockopt::socket_peercred(&stream) {
         Ok(cred) => {
             let name = format!("uid:{}", cred.uid.as_raw());
-            log::info!("{name}: client pid {} connected", cred.pid.as_raw_nonzero());
-            name
+            let pid = cred.pid.as_raw_nonzero();
+            log::info!("{name}: client pid {pid} connected");
+            (name, pid)
         }
         Err(e) => {
             log::warn!("SO_PEERCRED failed ({e}); refusing the client");
@@ -145,6 +146,9 @@ pub fn serve_client(mut stream: UnixStream, broker: Arc<Broker>) {
         }
     }
     drop(session);
+    drop(stream);
+    // After the connection is closed: tests/e2e counts the broker's open fds after this line.
+    log::info!("{name}: client pid {pid} disconnected");
 }
 
 fn send_reply(stream: &mut UnixStream, id: u32, reply: Reply) -> Result<(), FramingError> {
