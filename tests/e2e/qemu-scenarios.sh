@@ -17,23 +17,25 @@
 #      open fds return to their baseline; a new QEMU is served on the same socket
 #   f  two VMs on one broker with separate quotas
 #
-# Usage: qemu-scenarios.sh [--verbose] [--keep] [--with-heaps] [--timeout SECS]
+# Usage: qemu-scenarios.sh [--verbose] [--keep] [--with-heaps] [--timeout SECS] [--only LETTERS]
 #   --verbose     print the guests' serial logs and the broker log at the end
 #   --keep        keep the work folder (always kept when something failed)
 #   --with-heaps  also run tests/e2e/heap-tests.sh as scenario d
 #   --timeout     per-guest limit in seconds (default 240)
+#   --only LETTERS  run only these scenarios (e.g. --only ae; default abcdef)
 # Prints "scenario | result | seconds" and exits non-zero if any scenario failed.
 set -euo pipefail
 
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-verbose=0 keep=0 with_heaps=0 guest_timeout=240
+verbose=0 keep=0 with_heaps=0 guest_timeout=240 only=abcdef
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--verbose) verbose=1 ;;
 	--keep) keep=1 ;;
 	--with-heaps) with_heaps=1 ;;
+	--only) only=${2:?--only needs scenario letters}; shift ;;
 	--timeout) guest_timeout=${2:?--timeout needs seconds}; shift ;;
 	-h | --help)
 		sed -n '3,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
@@ -140,7 +142,15 @@ stat_of() {
 	"$host_client" stats --socket "$work/local.sock" |
 		awk -v o="$1" -v f="$2" '$1 == o { for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == f) v = kv[2] } } END { print v + 0 }'
 }
-broker_fds() { find "/proc/$broker_pid/fd" -mindepth 1 -maxdepth 1 | wc -l; }
+# broker_fds: the broker's open fds, counted once every local client it logged as connected has
+# also been logged as disconnected (its connection is closed by then).
+broker_fds() {
+	local n
+	n=$(count_lines "$blog" 'client pid [0-9]+ connected')
+	[ "$n" = 0 ] || wait_line "$blog" 'client pid [0-9]+ disconnected' 10 "$n" >/dev/null
+	find "/proc/$broker_pid/fd" -mindepth 1 -maxdepth 1 -printf '%f -> %l\n' | sort -n >"$work/fds.${1:-now}"
+	wc -l <"$work/fds.${1:-now}"
+}
 # count_lines FILE REGEX: matching lines so far.
 count_lines() { grep -cE "$2" "$1" || true; }
 
@@ -190,15 +200,102 @@ scenario_share() {
 		"ADD on export and REMOVE on free acked by QEMU"
 }
 
-scenario_share
+wanted() { case "$only" in *"$1"*) return 0 ;; *) return 1 ;; esac }
+if wanted a || wanted b; then scenario_share; fi
+
+# --- e: teardown -------------------------------------------------------------------------------
+# The guest holds 3 buffers and exits without freeing them (the driver resets the device when
+# the process ends), then holds 2; QEMU is killed with SIGKILL. The broker must free
+# everything of that guest and serve a new QEMU on the same socket.
+scenario_teardown() {
+	local t ok=1 g=vm.sock0 base_bytes base_fds resets disconnects pid qpid n st
+	t=$(e2e_now)
+	base_bytes=$(stat_of "$g" bytes)
+	base_fds=$(broker_fds baseline)
+	resets=$(count_lines "$blog" "$g: guest state freed \\(Reset\\)")
+	disconnects=$(count_lines "$blog" "$g: guest state freed \\(Disconnect\\)")
+	e2e_log "baseline: $g $base_bytes bytes, broker $base_fds open fds"
+	boot teardown hold "$work/$g"
+	pid=$vm_pid
+	if check "guest holds 3 buffers" wait_line "$work/teardown.serial.log" 'BUFBROKER-WAITING' "$guest_timeout" 1 "$pid" >/dev/null; then
+		n=$(stat_of "$g" buffers)
+		check "broker counts 3 buffers for $g (it says $n)" [ "$n" = 3 ] || ok=0
+		sync_done teardown || ok=0
+	else
+		ok=0
+	fi
+	if check "guest holds 2 buffers after the reset" wait_line "$work/teardown.serial.log" 'BUFBROKER-WAITING' 120 2 "$pid" >/dev/null; then
+		check "broker log: state freed on reset" \
+			wait_line "$blog" "$g: guest state freed \\(Reset\\)" 10 $((resets + 1)) >/dev/null || ok=0
+		n=$(stat_of "$g" buffers)
+		check "broker counts 2 buffers for $g after the reset (it says $n)" [ "$n" = 2 ] || ok=0
+	else
+		ok=0
+	fi
+	qpid=$(cat "$work/teardown.pid" 2>/dev/null || true)
+	if check "QEMU pid file" [ -n "$qpid" ]; then
+		kill -KILL "$qpid" || true
+	fi
+	st=0
+	wait "$pid" || st=$?
+	# 137: our SIGKILL (through timeout); anything else means QEMU ended on its own first.
+	check "QEMU ended by our SIGKILL (exit status $st)" [ "$st" = 137 ] || ok=0
+	check "broker log: state freed on disconnect" \
+		wait_line "$blog" "$g: guest state freed \\(Disconnect\\)" 30 $((disconnects + 1)) >/dev/null || ok=0
+	n=$(stat_of "$g" bytes)
+	check "bytes of $g back to $base_bytes (now $n)" [ "$n" = "$base_bytes" ] || ok=0
+	n=$(stat_of "$g" buffers)
+	check "buffers of $g back to 0 (now $n)" [ "$n" = 0 ] || ok=0
+	n=$(broker_fds)
+	if ! check "broker open fds back to $base_fds (now $n)" [ "$n" = "$base_fds" ]; then
+		ok=0
+		diff "$work/fds.baseline" "$work/fds.now" | sed 's/^/  fds: /' >&2 || true
+	fi
+	boot after-kill smoke "$work/$g"
+	check "a new QEMU on the same socket" guest_result after-kill "$vm_pid" || ok=0
+	record e.teardown "$([ "$ok" = 1 ] && echo pass || echo fail)" "$(e2e_elapsed "$t")" \
+		"reset + SIGKILL: buffers, bytes, fds to baseline; next QEMU served"
+}
+
+if wanted e; then scenario_teardown; fi
+
+# --- f: two VMs, separate quotas ------------------------------------------------------------------
+# vm.sock1 has an 8 MiB quota: it allocates until the broker refuses with
+# QUOTA_EXCEEDED and holds what it got; meanwhile vm.sock0 (default quota) allocates 4.
+scenario_two_vms() {
+	local t ok=1 pid_over pid_under n
+	t=$(e2e_now)
+	boot over over "$work/vm.sock1"
+	pid_over=$vm_pid
+	boot under under "$work/vm.sock0"
+	pid_under=$vm_pid
+	if check "vm.sock1 at its quota" wait_line "$work/over.serial.log" 'BUFBROKER-WAITING' "$guest_timeout" 1 "$pid_over" >/dev/null; then
+		grep -a 'fill:' "$work/over.serial.log" | tr -d '\r' | sed 's/^/  vm.sock1: /' >&2
+		n=$(stat_of vm.sock1 buffers)
+		check "broker counts 2 buffers for vm.sock1 (it says $n)" [ "$n" = 2 ] || ok=0
+		check "vm.sock0 waiting" wait_line "$work/under.serial.log" 'BUFBROKER-WAITING' "$guest_timeout" 1 "$pid_under" >/dev/null || ok=0
+		sync_done under || ok=0
+		check "vm.sock0 allocates 4 while vm.sock1 is at its quota" guest_result under "$pid_under" || ok=0
+		sync_done over || ok=0
+	else
+		ok=0
+	fi
+	check "vm.sock1 refused with QUOTA_EXCEEDED" guest_result over "$pid_over" || ok=0
+	record f.two-vms "$([ "$ok" = 1 ] && echo pass || echo fail)" "$(e2e_elapsed "$t")" \
+		"vm.sock1 (8 MiB quota) refused with QUOTA_EXCEEDED; vm.sock0 unaffected"
+}
+
+if wanted f; then scenario_two_vms; fi
 
 # --- c: guest-RAM placement ---------------------------------------------------------------------
 # The broker answers Placement::GuestRam with UNSUPPORTED (broker/src/session/mod.rs) and
 # guest-lib cannot describe a buffer's guest-physical pages yet: nothing to boot.
-record c.guest-ram skip 0 "not implemented in the broker yet (Placement::GuestRam is refused)"
+wanted c && record c.guest-ram skip 0 "not implemented in the broker yet (Placement::GuestRam is refused)"
 
 # --- d: real dmabuf heaps -----------------------------------------------------------------------
-if [ "$with_heaps" = 1 ]; then
+if ! wanted d; then
+	:
+elif [ "$with_heaps" = 1 ]; then
 	t=$(e2e_now)
 	if "$E2E_DIR/heap-tests.sh" >"$work/heap-tests.log" 2>&1; then r=pass; else r=fail; fi
 	grep -E 'passed, [0-9]+ failed' "$work/heap-tests.log" | sed 's/^/  heap-tests: /' >&2 || true
