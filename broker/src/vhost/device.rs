@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -50,6 +51,9 @@ pub struct BufbrokerDevice {
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
     event_idx: AtomicBool,
     exit: Mutex<Vec<EventNotifier>>,
+    /// Exit-event consumers handed to vhost-user-backend, with their eventfd ids; closed when
+    /// the device drops (see [`BufbrokerDevice::exit_event`]).
+    exit_consumers: Mutex<Vec<(RawFd, String)>>,
 }
 
 impl BufbrokerDevice {
@@ -68,6 +72,7 @@ impl BufbrokerDevice {
             mem,
             event_idx: AtomicBool::new(false),
             exit: Mutex::new(Vec::new()),
+            exit_consumers: Mutex::new(Vec::new()),
         }
     }
 
@@ -159,8 +164,20 @@ impl VhostUserBackend for BufbrokerDevice {
         Ok(())
     }
 
+    /// vhost-user-backend 0.24's `VringEpollHandler::new` registers the consumer with
+    /// `into_raw_fd()` and never closes it: one eventfd leaked per connection (found by
+    /// `tests/e2e/qemu-scenarios.sh`, scenario e; `tests/tests/connection_fds.rs`). The device
+    /// remembers the descriptor and its eventfd id and closes it when it drops, which happens
+    /// after the last epoll handler (each holds the device) is gone.
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
         let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()?;
+        let raw = consumer.as_raw_fd();
+        if let Some(id) = eventfd_id(raw) {
+            self.exit_consumers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((raw, id));
+        }
         let keep = notifier.try_clone().ok()?;
         self.exit
             .lock()
@@ -197,5 +214,35 @@ impl VhostUserBackend for BufbrokerDevice {
             _ => log::warn!("{}: unknown device event {device_event}", self.config.name),
         }
         Ok(())
+    }
+}
+
+/// The `eventfd-id` the kernel shows for descriptor `fd` of this process (Linux 6.0 and later),
+/// which tells one eventfd from another (they all share one inode).
+fn eventfd_id(fd: RawFd) -> Option<String> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("eventfd-id:"))
+        .map(|id| id.trim().to_owned())
+}
+
+impl Drop for BufbrokerDevice {
+    fn drop(&mut self) {
+        let consumers = std::mem::take(
+            self.exit_consumers
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for (fd, id) in consumers {
+            // Only if `fd` is still the very eventfd handed out (a library that closed it
+            // itself, and a reuse of the number, show up as another id or none).
+            if eventfd_id(fd).as_deref() == Some(id.as_str()) {
+                // SAFETY: `fd` is the exit-event consumer vhost-user-backend took with
+                // `into_raw_fd` and abandoned (see `exit_event`); its epoll handlers, which
+                // hold this device, are gone, so nothing else owns or uses the descriptor, and
+                // the id check above shows it was not closed and reused meanwhile.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
     }
 }
