@@ -12,9 +12,12 @@
 //! - [`ring::SplitRing`] is the guest driver's side of a split virtqueue, with EVENT_IDX
 //!   (virtio-queue's `MockSplitQueue` lays out 256-entry rings wrongly and never wraps).
 //!
+//! - [`e2e`]: what the host-side binaries of `tests/e2e/qemu-scenarios.sh` share.
+//!
 //! See `tests/README.md` for what the tests cover.
 
 pub mod broker;
+pub mod e2e;
 pub mod memory;
 pub mod ring;
 pub mod vmm;

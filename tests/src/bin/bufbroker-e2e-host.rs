@@ -14,11 +14,8 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Instant;
 
-use bufbroker_guest::bufbroker_proto::wire::ImportView;
-use bufbroker_guest::local::LocalTransport;
-use bufbroker_guest::{Client, ClientOptions};
+use bufbroker_tests::e2e;
 use uuid::Uuid;
 
 fn main() -> ExitCode {
@@ -29,10 +26,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    bufbroker_guest::bufbroker_proto::wire::error_chain(e)
 }
 
 fn run() -> Result<(), String> {
@@ -49,60 +42,26 @@ fn run() -> Result<(), String> {
         }
     }
     let socket = socket.ok_or("--socket is required")?;
-    let transport = LocalTransport::connect(Path::new(&socket)).map_err(|e| chain(&e))?;
-    println!("connected to {socket} ({:?} framing)", transport.framing());
-    let mut client =
-        Client::connect(transport, &ClientOptions::default()).map_err(|e| chain(&e))?;
     match command.as_str() {
-        "import" => import(
-            &mut client,
-            uuid.ok_or("--uuid is required")?,
-            size.ok_or("--size is required")?,
-        ),
+        "import" => {
+            let line = e2e::import_and_check(
+                Path::new(&socket),
+                uuid.ok_or("--uuid is required")?,
+                size.ok_or("--size is required")?,
+            )?;
+            println!("{line} (zero copy: the guest's window memory)");
+            Ok(())
+        }
         "stats" => {
-            for o in client.stats().map_err(|e| chain(&e))? {
+            let mut client = e2e::connect(Path::new(&socket))?;
+            let stats = client
+                .stats()
+                .map_err(|e| bufbroker_proto::wire::error_chain(&e))?;
+            for o in stats {
                 println!("{} bytes={} buffers={}", o.owner, o.bytes, o.buffers);
             }
             Ok(())
         }
         other => Err(format!("unknown command {other}")),
     }
-}
-
-fn import(client: &mut Client<LocalTransport>, uuid: Uuid, size: u64) -> Result<(), String> {
-    let t = Instant::now();
-    let imported = client
-        .import(uuid, ImportView::HostClient)
-        .map_err(|e| chain(&e))?;
-    println!(
-        "imported {uuid} as {} ({:?}, {} bytes, {} planes) in {:?}",
-        imported.buffer.id(),
-        imported.access,
-        imported.plan.size,
-        imported.plan.planes.len(),
-        t.elapsed()
-    );
-    if imported.plan.size != size {
-        return Err(format!(
-            "the import's plan has {} bytes, the guest said {size}",
-            imported.plan.size
-        ));
-    }
-    let map = client
-        .map(&imported.buffer, &imported.plan)
-        .map_err(|e| chain(&e))?;
-    let mut bytes = vec![0u8; map.len()];
-    map.read_at(0, &mut bytes).map_err(|e| e.to_string())?;
-    let bad = bytes
-        .iter()
-        .enumerate()
-        .find(|&(i, &b)| b != (i.wrapping_mul(7).wrapping_add(3)) as u8);
-    if let Some((i, b)) = bad {
-        return Err(format!("byte {i} is {b:#04x}, not the guest's pattern"));
-    }
-    println!(
-        "all {} bytes carry the guest's pattern (zero copy: the guest's window memory)",
-        bytes.len()
-    );
-    Ok(())
 }
