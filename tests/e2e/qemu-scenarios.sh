@@ -235,6 +235,23 @@ scenario_share() {
 wanted() { case "$only" in *"$1"*) return 0 ;; *) return 1 ;; esac }
 if wanted a || wanted b; then scenario_share; fi
 
+# --- c: guest-RAM placement ---------------------------------------------------------------------
+# The broker answers Placement::GuestRam with UNSUPPORTED (broker/src/session/mod.rs) and
+# guest-lib cannot describe a buffer's guest-physical pages yet: nothing to boot.
+wanted c && record c.guest-ram skip 0 "not implemented in the broker yet (Placement::GuestRam is refused)"
+
+# --- d: real dmabuf heaps -----------------------------------------------------------------------
+if ! wanted d; then
+	:
+elif [ "$with_heaps" = 1 ]; then
+	t=$(e2e_now)
+	if "$E2E_DIR/heap-tests.sh" >"$work/heap-tests.log" 2>&1; then r=pass; else r=fail; fi
+	grep -E 'passed, [0-9]+ failed' "$work/heap-tests.log" | sed 's/^/  heap-tests: /' >&2 || true
+	record d.dmabuf-heaps "$r" "$(e2e_elapsed "$t")" "tests/e2e/heap-tests.sh: udmabuf, dma-heap system in the guest kernel"
+else
+	record d.dmabuf-heaps skip 0 "run by tests/e2e/heap-tests.sh (or pass --with-heaps)"
+fi
+
 # --- e: teardown -------------------------------------------------------------------------------
 # The guest holds 3 buffers and exits without freeing them (the driver resets the device when
 # the process ends), then holds 2; QEMU is killed with SIGKILL. The broker must free
@@ -318,23 +335,6 @@ scenario_two_vms() {
 }
 
 if wanted f; then scenario_two_vms; fi
-
-# --- c: guest-RAM placement ---------------------------------------------------------------------
-# The broker answers Placement::GuestRam with UNSUPPORTED (broker/src/session/mod.rs) and
-# guest-lib cannot describe a buffer's guest-physical pages yet: nothing to boot.
-wanted c && record c.guest-ram skip 0 "not implemented in the broker yet (Placement::GuestRam is refused)"
-
-# --- d: real dmabuf heaps -----------------------------------------------------------------------
-if ! wanted d; then
-	:
-elif [ "$with_heaps" = 1 ]; then
-	t=$(e2e_now)
-	if "$E2E_DIR/heap-tests.sh" >"$work/heap-tests.log" 2>&1; then r=pass; else r=fail; fi
-	grep -E 'passed, [0-9]+ failed' "$work/heap-tests.log" | sed 's/^/  heap-tests: /' >&2 || true
-	record d.dmabuf-heaps "$r" "$(e2e_elapsed "$t")" "tests/e2e/heap-tests.sh: udmabuf, dma-heap system in the guest kernel"
-else
-	record d.dmabuf-heaps skip 0 "run by tests/e2e/heap-tests.sh (or pass --with-heaps)"
-fi
 
 # --- report -----------------------------------------------------------------------------------
 {
