@@ -11,6 +11,7 @@ use thiserror::Error;
 use crate::config::{Config, ConfigError, ResolvedPolicy};
 use crate::heap::{DiscoveryConfig, Heap, discover};
 use crate::registry::Registry;
+use crate::vfio::{HostDevice, VfioSetupError, open_all};
 
 use super::plan_cache::PlanCache;
 
@@ -23,6 +24,9 @@ pub enum BrokerError {
     /// The configuration is wrong.
     #[error("invalid configuration")]
     Config(#[from] ConfigError),
+    /// A configured VFIO device cannot be used.
+    #[error("cannot set up a VFIO device")]
+    Vfio(#[from] VfioSetupError),
     /// None of the heaps the configuration allows is available.
     #[error("none of the allowed heaps {allowed:?} is available (available: {available:?})")]
     NoHeap {
@@ -40,6 +44,7 @@ pub struct Broker {
     heaps: Vec<Arc<dyn Heap>>,
     heap_infos: Vec<HeapInfo>,
     participants: BTreeMap<String, Participant>,
+    vfio: BTreeMap<String, HostDevice>,
     registry: Registry,
     plans: PlanCache,
     solve_options: SolveOptions,
@@ -66,8 +71,19 @@ impl Broker {
     }
 
     /// A broker over the given heaps (filtered by `[heaps] allow`); loads the named
-    /// participants' constraint files.
+    /// participants' constraint files and opens the configured VFIO devices.
     pub fn new(config: Config, heaps: Vec<Arc<dyn Heap>>) -> Result<Broker, BrokerError> {
+        let vfio = open_all(&config.vfio)?;
+        Self::with_vfio(config, heaps, vfio)
+    }
+
+    /// [`Broker::new`] with VFIO devices opened already (or fakes); `config.vfio` is not
+    /// opened again.
+    pub fn with_vfio(
+        config: Config,
+        heaps: Vec<Arc<dyn Heap>>,
+        vfio: BTreeMap<String, HostDevice>,
+    ) -> Result<Broker, BrokerError> {
         let available: Vec<String> = heaps.iter().map(|h| h.info().name.clone()).collect();
         let heaps: Vec<Arc<dyn Heap>> = match &config.heaps.allow {
             Some(allow) => heaps
@@ -88,6 +104,7 @@ impl Broker {
             heap_infos: heaps.iter().map(|h| h.info().clone()).collect(),
             heaps,
             participants,
+            vfio,
             registry,
             plans: PlanCache::new(PLAN_CACHE_CAPACITY),
             solve_options: SolveOptions::default(),
@@ -120,9 +137,22 @@ impl Broker {
         &self.solve_options
     }
 
-    /// The configured host participant called `name`.
+    /// The configured host participant called `name`: a `[participants]` entry or a VFIO
+    /// device.
     pub fn participant(&self, name: &str) -> Option<&Participant> {
-        self.participants.get(name)
+        self.participants
+            .get(name)
+            .or_else(|| self.vfio.get(name).map(HostDevice::participant))
+    }
+
+    /// The host VFIO device called `name`.
+    pub fn vfio_device(&self, name: &str) -> Option<&HostDevice> {
+        self.vfio.get(name)
+    }
+
+    /// Whether any host VFIO device is configured.
+    pub fn has_vfio(&self) -> bool {
+        !self.vfio.is_empty()
     }
 
     /// The policy of the owner called `name`.

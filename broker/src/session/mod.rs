@@ -12,12 +12,14 @@
 //! 4. the solver, through the broker's [plan cache](PlanCache);
 //! 5. the heap the best plan names, through the [registry](crate::registry) (quotas, records);
 //! 6. exposure: fds for local clients ([`Reply::fds`]), window ranges and shared objects for
-//!    guests ([`GuestExposure`]), each recorded as a view so teardown undoes it.
+//!    guests ([`GuestExposure`]), IOVA mappings for host VFIO devices the request names
+//!    (`iova.rs`), each recorded as a view so teardown undoes it.
 //!
 //! Dropping a session removes its owner: every buffer, view and recycled buffer is freed.
 
 mod broker;
 mod guest;
+mod iova;
 mod plan_cache;
 mod window;
 
@@ -115,6 +117,9 @@ pub enum SessionError {
     /// The shared-memory window has no room.
     #[error("the shared-memory window has no free range of {0} bytes")]
     WindowFull(u64),
+    /// A host VFIO device could not map the buffer.
+    #[error(transparent)]
+    Iova(#[from] crate::vfio::IovaError),
     /// The transport could not expose the buffer.
     #[error("exposing {buffer} failed")]
     Exposure {
@@ -150,6 +155,7 @@ impl SessionError {
             SessionError::UnknownHeap(_) | SessionError::NoPlan => ErrorCode::INTERNAL,
             SessionError::Registry(e) => registry_code(e),
             SessionError::WindowFull(_) => ErrorCode::OUT_OF_MEMORY,
+            SessionError::Iova(e) => e.code(),
             SessionError::Exposure { source, .. } => match source {
                 ExposureError::Unsupported(_) => ErrorCode::UNSUPPORTED,
                 ExposureError::Refused { .. }
@@ -297,7 +303,10 @@ impl Session {
 
     /// The features this session's transport supports.
     pub fn offered_features(&self) -> Features {
-        let common = Features::SHARED_OBJECTS | Features::REGISTERED_PARTICIPANTS;
+        let mut common = Features::SHARED_OBJECTS | Features::REGISTERED_PARTICIPANTS;
+        if self.broker.has_vfio() {
+            common |= Features::IOVA;
+        }
         match &self.transport {
             Transport::Local => common | Features::HOST_CLIENT_FD,
             Transport::Guest { exposure, .. } if exposure.window_size() > 0 => {
@@ -362,6 +371,7 @@ impl Session {
             Message::QueryLimits(_) => Ok(Reply::new(LimitsReply {
                 limits: WireLimits::CURRENT,
             })),
+            Message::QueryIovas(m) => self.query_iovas(&m),
             other => Err(SessionError::Unexpected(other.message_type())),
         }
     }
@@ -493,6 +503,7 @@ impl Session {
             }
         }
         let plan = Arc::new(self.best_plan(&m.request)?);
+        let vfio = self.vfio_targets(&m.request);
         let heap = self
             .broker
             .heap(&plan.heap)
@@ -506,7 +517,10 @@ impl Session {
         });
         let mut infos = Vec::with_capacity(buffers.len());
         for buffer in &buffers {
-            match self.expose_new(buffer, &m.placement, &mut reply.fds) {
+            let exposed = self
+                .map_iovas(buffer, &plan, &vfio)
+                .and_then(|()| self.expose_new(buffer, &m.placement, &mut reply.fds));
+            match exposed {
                 Ok(location) => infos.push(BufferInfo {
                     id: buffer.id,
                     uuid: buffer.uuid,
