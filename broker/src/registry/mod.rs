@@ -147,6 +147,10 @@ pub enum RegistryError {
         #[source]
         source: HeapError,
     },
+    /// The buffer's memory has no descriptor that may leave the broker (guest RAM without
+    /// udmabuf, or a buffer that starts inside its descriptor where no offset can be given).
+    #[error("{0} has no descriptor that can be shared here (its memory needs /dev/udmabuf)")]
+    NotShareable(BufferId),
     /// Duplicating a buffer's descriptor failed (usually: out of descriptors).
     #[error("duplicating the descriptor of {buffer} failed")]
     DupFd {
@@ -585,15 +589,21 @@ impl Registry {
         })
     }
 
-    /// A new descriptor for the buffer `id` (for SCM_RIGHTS), if `owner` holds it.
+    /// A new descriptor for the buffer `id` (for SCM_RIGHTS), if `owner` holds it, and the
+    /// offset of the buffer's first byte in it ([`HeapBuffer::share_fd`]).
     pub fn dup_fd(
         &self,
         owner: OwnerId,
         id: BufferId,
-    ) -> Result<std::os::fd::OwnedFd, RegistryError> {
+    ) -> Result<(std::os::fd::OwnedFd, u64), RegistryError> {
         let view = self.get(owner, id)?;
-        rustix::io::fcntl_dupfd_cloexec(view.memory.fd(), 0)
-            .map_err(|source| RegistryError::DupFd { buffer: id, source })
+        let (fd, offset) = view
+            .memory
+            .share_fd()
+            .ok_or(RegistryError::NotShareable(id))?;
+        let fd = rustix::io::fcntl_dupfd_cloexec(fd, 0)
+            .map_err(|source| RegistryError::DupFd { buffer: id, source })?;
+        Ok((fd, offset))
     }
 
     /// A new descriptor for the buffer with `uuid`, if `owner` owns it (for the VMM's
@@ -612,7 +622,13 @@ impl Registry {
         if !view.owned {
             return Err(RegistryError::UnknownUuid(uuid));
         }
-        rustix::io::fcntl_dupfd_cloexec(view.memory.fd(), 0)
+        // The VMM's GET_SHARED_OBJECT reply has no offset: only a descriptor that starts with
+        // the buffer will do.
+        let fd = match view.memory.share_fd() {
+            Some((fd, 0)) => fd,
+            _ => return Err(RegistryError::NotShareable(id)),
+        };
+        rustix::io::fcntl_dupfd_cloexec(fd, 0)
             .map_err(|source| RegistryError::DupFd { buffer: id, source })
     }
 

@@ -16,6 +16,7 @@
 //!
 //! Dropping a session removes its owner: every buffer, view and recycled buffer is freed.
 
+mod arena;
 mod broker;
 mod guest;
 mod plan_cache;
@@ -43,6 +44,7 @@ use crate::exposure::{ExposureError, GuestExposure};
 use crate::heap::page_size;
 use crate::registry::{Allocated, OwnerId, RegistryError, ViewKind};
 
+pub use arena::{ArenaHeap, ArenaStats, Arenas};
 pub use broker::{Broker, BrokerError};
 pub use guest::{GuestHandler, guest_factory};
 pub use plan_cache::{FastHashState, FastHasher, Outcome, PlanCache};
@@ -183,9 +185,11 @@ fn registry_code(e: &RegistryError) -> ErrorCode {
             | HeapError::SizeOverflow { .. }
             | HeapError::TooLarge { .. }
             | HeapError::AddressSpace { .. } => ErrorCode::INVALID_ARGUMENT,
+            HeapError::NoRoom { .. } => ErrorCode::OUT_OF_MEMORY,
             _ => ErrorCode::OUT_OF_MEMORY,
         },
         RegistryError::DupFd { .. } => ErrorCode::OUT_OF_MEMORY,
+        RegistryError::NotShareable(_) => ErrorCode::UNSUPPORTED,
     }
 }
 
@@ -236,6 +240,7 @@ enum Transport {
     Guest {
         exposure: Arc<dyn GuestExposure>,
         window: Arc<Mutex<WindowAllocator>>,
+        arenas: Arc<Arenas>,
     },
 }
 
@@ -271,10 +276,20 @@ impl Session {
         let transport = match exposure {
             None => Transport::Local,
             Some(exposure) => {
-                let window = WindowAllocator::new(exposure.window_size(), page_size());
+                let window = Arc::new(Mutex::new(WindowAllocator::new(
+                    exposure.window_size(),
+                    page_size(),
+                )));
+                let arenas = Arenas::new(
+                    broker.config().arenas,
+                    exposure.clone(),
+                    window.clone(),
+                    broker.udmabuf().cloned(),
+                );
                 Transport::Guest {
                     exposure,
-                    window: Arc::new(Mutex::new(window)),
+                    window,
+                    arenas,
                 }
             }
         };
@@ -293,6 +308,14 @@ impl Session {
     /// The owner this session allocates for.
     pub fn owner(&self) -> OwnerId {
         self.owner
+    }
+
+    /// What this session's arenas did (guests only).
+    pub fn arena_stats(&self) -> Option<ArenaStats> {
+        match &self.transport {
+            Transport::Guest { arenas, .. } => Some(arenas.stats()),
+            Transport::Local => None,
+        }
     }
 
     /// The features this session's transport supports.
@@ -493,11 +516,17 @@ impl Session {
             }
         }
         let plan = Arc::new(self.best_plan(&m.request)?);
-        let heap = self
+        let mut heap = self
             .broker
             .heap(&plan.heap)
             .ok_or_else(|| SessionError::UnknownHeap(plan.heap.clone()))?
             .clone();
+        if let (Placement::HostWindow, Transport::Guest { arenas, .. }) =
+            (&m.placement, &self.transport)
+            && arenas.eligible(&plan)
+        {
+            heap = Arc::new(arenas.heap(heap.info()));
+        }
         let registry = self.broker.registry();
         let buffers = registry.allocate(self.owner, heap.as_ref(), &plan, m.request.count)?;
         let mut reply = Reply::new(AllocateReply {
@@ -534,22 +563,35 @@ impl Session {
         fds: &mut Vec<OwnedFd>,
     ) -> Result<Location, SessionError> {
         match placement {
-            Placement::HostClient => self.send_fd(buffer.id, fds),
+            Placement::HostClient => self.send_fd(buffer.id, fds).map(|(location, _)| location),
             Placement::HostWindow => self.map_window(buffer.id, true),
             Placement::GuestRam { .. } => Err(SessionError::Unsupported("guest-RAM placement")),
         }
     }
 
-    fn send_fd(&self, id: BufferId, fds: &mut Vec<OwnedFd>) -> Result<Location, SessionError> {
-        let fd = self.broker.registry().dup_fd(self.owner, id)?;
+    /// Adds buffer `id`'s descriptor to `fds`; returns its location and the offset of the
+    /// buffer's first byte in the descriptor (not 0 only for arena slices without udmabuf).
+    fn send_fd(
+        &self,
+        id: BufferId,
+        fds: &mut Vec<OwnedFd>,
+    ) -> Result<(Location, u64), SessionError> {
+        let (fd, offset) = self.broker.registry().dup_fd(self.owner, id)?;
         let fd_index = u32::try_from(fds.len()).unwrap_or(u32::MAX);
         fds.push(fd);
-        Ok(Location::HostClient { fd_index })
+        Ok((Location::HostClient { fd_index }, offset))
     }
 
-    /// Maps buffer `id` into the window (once per holder) and records the view.
+    /// Maps buffer `id` into the window (once per holder) and records the view. A buffer
+    /// carved from this session's arenas is there already; any other gets a SHMEM_MAP of its
+    /// own.
     fn map_window(&self, id: BufferId, writable: bool) -> Result<Location, SessionError> {
-        let Transport::Guest { exposure, window } = &self.transport else {
+        let Transport::Guest {
+            exposure,
+            window,
+            arenas,
+        } = &self.transport
+        else {
             return Err(SessionError::Unsupported("the shared-memory window"));
         };
         let registry = self.broker.registry();
@@ -568,6 +610,25 @@ impl Session {
             });
         }
         let view = registry.get(self.owner, id)?;
+        if let Some((offset, len)) = arenas.window_range(&view.memory) {
+            // The arena's mapping is the buffer's: the view only records where it is (an
+            // Unmap drops the record; the pages stay mapped with the arena until freed).
+            registry.add_view(
+                self.owner,
+                id,
+                ViewKind::WindowRange { offset, len },
+                Box::new(|| {}),
+            )?;
+            return Ok(Location::HostWindow {
+                shmid: 0,
+                offset,
+                len,
+            });
+        }
+        let (fd, fd_offset) = view.memory.share_fd().ok_or(SessionError::Unsupported(
+            "showing this buffer in another window (its memory is guest RAM and /dev/udmabuf \
+             is absent)",
+        ))?;
         let size = view.memory.size();
         let lock = |w: &Mutex<WindowAllocator>| {
             w.lock()
@@ -585,7 +646,7 @@ impl Session {
             }
         };
         let writable = writable && view.access == Access::ReadWrite;
-        if let Err(source) = exposure.map_window(view.memory.fd(), 0, offset, size, writable) {
+        if let Err(source) = exposure.map_window(fd, fd_offset, offset, size, writable) {
             release();
             return Err(SessionError::Exposure { buffer: id, source });
         }
@@ -666,10 +727,19 @@ impl Session {
             ErrorCode::INTERNAL,
             "",
         )));
+        let mut plan = (*view.plan).clone();
         let location = match m.view {
             ImportView::None => Location::Unmapped,
             ImportView::HostWindow => self.map_window(view.id, view.access == Access::ReadWrite)?,
-            ImportView::HostClient => self.send_fd(view.id, &mut reply.fds)?,
+            ImportView::HostClient => {
+                let (location, fd_offset) = self.send_fd(view.id, &mut reply.fds)?;
+                // The descriptor starts before the buffer (an arena memfd): plane offsets are
+                // relative to the descriptor, as for any multi-plane dmabuf.
+                for plane in &mut plan.planes {
+                    plane.offset = plane.offset.saturating_add(fd_offset);
+                }
+                location
+            }
         };
         reply.message = Message::ImportReply(ImportReply {
             buffer: BufferInfo {
@@ -677,7 +747,7 @@ impl Session {
                 uuid: view.uuid,
                 location,
             },
-            plan: (*view.plan).clone(),
+            plan,
             access: view.access,
         });
         Ok(reply)
