@@ -323,10 +323,13 @@ impl Session {
         let common = Features::SHARED_OBJECTS | Features::REGISTERED_PARTICIPANTS;
         match &self.transport {
             Transport::Local => common | Features::HOST_CLIENT_FD,
-            Transport::Guest { exposure, .. } if exposure.window_size() > 0 => {
-                common | Features::HOST_WINDOW
+            Transport::Guest { exposure, .. } => {
+                let mut features = common | Features::EVENTS;
+                if exposure.window_size() > 0 {
+                    features |= Features::HOST_WINDOW;
+                }
+                features
             }
-            Transport::Guest { .. } => common,
         }
     }
 
@@ -400,6 +403,14 @@ impl Session {
             }
         })?;
         self.negotiated = Some(negotiated);
+        if let (Transport::Guest { exposure, .. }, true) = (
+            &self.transport,
+            negotiated.features.contains(Features::EVENTS),
+        ) {
+            self.broker
+                .registry()
+                .set_event_sink(self.owner, Some(event_sink(&self.name, exposure.clone())));
+        }
         log::info!(
             "{}: client {:?} negotiated version {} features {:?}",
             self.name,
@@ -793,6 +804,24 @@ impl Session {
         owners.truncate(wire::MAX_STATS_OWNERS);
         Ok(Reply::new(StatsReply { owners }))
     }
+}
+
+/// Encodes each event and sends it on the guest's event queue (never blocks; see
+/// [`GuestExposure::send_event`]).
+fn event_sink(name: &str, exposure: Arc<dyn GuestExposure>) -> crate::registry::EventSink {
+    let name = name.to_owned();
+    Arc::new(move |event: wire::Event| {
+        let sent = wire::encode(&Message::Event(event), 0)
+            .map_err(|e| wire::error_chain(&e))
+            .and_then(|bytes| {
+                exposure
+                    .send_event(&bytes)
+                    .map_err(|e| wire::error_chain(&e))
+            });
+        if let Err(e) = sent {
+            log::debug!("{name}: an event was not sent: {e}");
+        }
+    })
 }
 
 impl Drop for Session {
