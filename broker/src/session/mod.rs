@@ -19,6 +19,7 @@
 mod arena;
 mod broker;
 mod guest;
+mod guest_ram;
 mod plan_cache;
 mod window;
 
@@ -324,7 +325,7 @@ impl Session {
         match &self.transport {
             Transport::Local => common | Features::HOST_CLIENT_FD,
             Transport::Guest { exposure, .. } => {
-                let mut features = common | Features::EVENTS;
+                let mut features = common | Features::EVENTS | Features::GUEST_RAM;
                 if exposure.window_size() > 0 {
                     features |= Features::HOST_WINDOW;
                 }
@@ -521,12 +522,12 @@ impl Session {
         match &m.placement {
             Placement::HostClient => self.require(Features::HOST_CLIENT_FD, "HOST_CLIENT_FD")?,
             Placement::HostWindow => self.require(Features::HOST_WINDOW, "HOST_WINDOW")?,
-            Placement::GuestRam { .. } => {
-                self.require(Features::GUEST_RAM, "GUEST_RAM")?;
-                return Err(SessionError::Unsupported("guest-RAM placement"));
-            }
+            Placement::GuestRam { .. } => self.require(Features::GUEST_RAM, "GUEST_RAM")?,
         }
         let plan = Arc::new(self.best_plan(&m.request)?);
+        if let Placement::GuestRam { ranges } = &m.placement {
+            return self.allocate_in_guest_ram(&plan, ranges, m.request.count);
+        }
         let mut heap = self
             .broker
             .heap(&plan.heap)
@@ -565,6 +566,44 @@ impl Session {
             r.buffers = infos;
         }
         Ok(reply)
+    }
+
+    /// Buffers made of the guest's own pages (see `guest_ram.rs`).
+    fn allocate_in_guest_ram(
+        &self,
+        plan: &Arc<Plan>,
+        ranges: &[wire::GuestRange],
+        count: u32,
+    ) -> Result<Reply, SessionError> {
+        let Transport::Guest { exposure, .. } = &self.transport else {
+            return Err(SessionError::Unsupported("guest-RAM placement"));
+        };
+        if plan.contiguous {
+            return Err(SessionError::InvalidArgument(
+                "the plan needs contiguous memory, which guest RAM is not".into(),
+            ));
+        }
+        let stride = guest_ram::check_ranges(ranges, plan.size, count)
+            .map_err(SessionError::InvalidArgument)?;
+        let udmabuf = self.broker.udmabuf().map(Arc::as_ref);
+        let memory = guest_ram::build(exposure.as_ref(), udmabuf, ranges, stride, count)
+            .map_err(SessionError::InvalidArgument)?;
+        let heap = guest_ram::PreparedHeap::new(plan, memory);
+        let buffers = self
+            .broker
+            .registry()
+            .allocate(self.owner, &heap, plan, count)?;
+        Ok(Reply::new(AllocateReply {
+            plan: (**plan).clone(),
+            buffers: buffers
+                .iter()
+                .map(|b| BufferInfo {
+                    id: b.id,
+                    uuid: b.uuid,
+                    location: Location::GuestRam,
+                })
+                .collect(),
+        }))
     }
 
     fn expose_new(
