@@ -87,6 +87,9 @@ pub struct Config {
     /// Limits over all owners together.
     #[serde(default)]
     pub global: GlobalLimits,
+    /// Arenas: large memfds mapped into a guest's window once, buffers carved from them.
+    #[serde(default)]
+    pub arenas: ArenaConfig,
     /// Quotas and allowed participants of every owner without its own entry.
     #[serde(default)]
     pub defaults: OwnerPolicy,
@@ -142,6 +145,48 @@ impl From<PoolConfig> for PoolLimits {
             max_bytes: c.max_bytes,
         }
     }
+}
+
+/// `[arenas]`: host-window buffers carved from large sealed memfds ("arenas") that are mapped
+/// into the guest's shared-memory window once (one SHMEM_MAP per arena instead of one per
+/// buffer; every SHMEM_MAP makes QEMU resend its memory table to every vhost-user device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArenaConfig {
+    /// When to carve buffers from arenas.
+    pub mode: ArenaMode,
+    /// Bytes per arena; a larger buffer gets an arena of its own (rounded up to pages).
+    pub size: u64,
+    /// Keep one empty arena mapped for the next allocation instead of unmapping it when its
+    /// last buffer goes. It stays mapped until the guest's session ends.
+    pub keep_warm: bool,
+}
+
+impl Default for ArenaConfig {
+    /// `auto`, 16 MiB, not kept warm.
+    fn default() -> Self {
+        ArenaConfig {
+            mode: ArenaMode::Auto,
+            size: 16 << 20,
+            keep_warm: false,
+        }
+    }
+}
+
+/// `[arenas] mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArenaMode {
+    /// Arenas where `/dev/udmabuf` exists, so every carved buffer gets a dmabuf of its own
+    /// pages to share; one SHMEM_MAP per buffer elsewhere.
+    #[default]
+    Auto,
+    /// Arenas everywhere. Without udmabuf a carved buffer's descriptor is the arena memfd (and
+    /// an offset): a host client importing it can reach the owner's other buffers in that
+    /// arena.
+    Always,
+    /// One SHMEM_MAP per buffer.
+    Never,
 }
 
 /// `[global]`: limits over all owners; 0 means unlimited.

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bufbroker_proto::Plan;
-use bufbroker_proto::wire::{Access, BufferId, OwnerStats};
+use bufbroker_proto::wire::{Access, BufferId, Event, OwnerStats};
 use thiserror::Error;
 use uuid::Uuid;
 
@@ -147,6 +147,10 @@ pub enum RegistryError {
         #[source]
         source: HeapError,
     },
+    /// The buffer's memory has no descriptor that may leave the broker (guest RAM without
+    /// udmabuf, or a buffer that starts inside its descriptor where no offset can be given).
+    #[error("{0} has no descriptor that can be shared here (its memory needs /dev/udmabuf)")]
+    NotShareable(BufferId),
     /// Duplicating a buffer's descriptor failed (usually: out of descriptors).
     #[error("duplicating the descriptor of {buffer} failed")]
     DupFd {
@@ -188,6 +192,10 @@ pub enum ViewKind {
 
 /// The action that tears a view down; runs with no registry lock held.
 pub type Teardown = Box<dyn FnOnce() + Send>;
+
+/// Receives an owner's events (a buffer it imported was revoked). Called with no registry lock
+/// held, on the thread of whoever caused the event: it must not block.
+pub type EventSink = Arc<dyn Fn(Event) + Send + Sync>;
 
 /// One view: who set it up, what it is, how to undo it.
 struct View {
@@ -277,6 +285,8 @@ struct Owner {
     owned: Vec<BufferId>,
     /// Imported buffers in import order.
     imported: Vec<BufferId>,
+    /// Where its events go, if it takes events.
+    events: Option<EventSink>,
 }
 
 struct Buffer {
@@ -373,9 +383,17 @@ impl Registry {
                 in_flight: 0,
                 owned: Vec::new(),
                 imported: Vec::new(),
+                events: None,
             },
         );
         id
+    }
+
+    /// Sends `owner`'s events to `sink` from now on (`None`: drop them).
+    pub fn set_event_sink(&self, owner: OwnerId, sink: Option<EventSink>) {
+        if let Some(o) = self.lock().owners.get_mut(&owner) {
+            o.events = sink;
+        }
     }
 
     /// The name `owner` was added with.
@@ -585,15 +603,21 @@ impl Registry {
         })
     }
 
-    /// A new descriptor for the buffer `id` (for SCM_RIGHTS), if `owner` holds it.
+    /// A new descriptor for the buffer `id` (for SCM_RIGHTS), if `owner` holds it, and the
+    /// offset of the buffer's first byte in it ([`HeapBuffer::share_fd`]).
     pub fn dup_fd(
         &self,
         owner: OwnerId,
         id: BufferId,
-    ) -> Result<std::os::fd::OwnedFd, RegistryError> {
+    ) -> Result<(std::os::fd::OwnedFd, u64), RegistryError> {
         let view = self.get(owner, id)?;
-        rustix::io::fcntl_dupfd_cloexec(view.memory.fd(), 0)
-            .map_err(|source| RegistryError::DupFd { buffer: id, source })
+        let (fd, offset) = view
+            .memory
+            .share_fd()
+            .ok_or(RegistryError::NotShareable(id))?;
+        let fd = rustix::io::fcntl_dupfd_cloexec(fd, 0)
+            .map_err(|source| RegistryError::DupFd { buffer: id, source })?;
+        Ok((fd, offset))
     }
 
     /// A new descriptor for the buffer with `uuid`, if `owner` owns it (for the VMM's
@@ -612,7 +636,13 @@ impl Registry {
         if !view.owned {
             return Err(RegistryError::UnknownUuid(uuid));
         }
-        rustix::io::fcntl_dupfd_cloexec(view.memory.fd(), 0)
+        // The VMM's GET_SHARED_OBJECT reply has no offset: only a descriptor that starts with
+        // the buffer will do.
+        let fd = match view.memory.share_fd() {
+            Some((fd, 0)) => fd,
+            _ => return Err(RegistryError::NotShareable(id)),
+        };
+        rustix::io::fcntl_dupfd_cloexec(fd, 0)
             .map_err(|source| RegistryError::DupFd { buffer: id, source })
     }
 
@@ -764,10 +794,15 @@ impl Registry {
             return Ok(());
         }
         let buffer = remove_buffer(&mut inner, id);
+        let revoked = buffer
+            .as_ref()
+            .map(|b| revocations(&inner, id, b))
+            .unwrap_or_default();
         drop(inner);
         if let Some(buffer) = buffer {
             self.tear_down_buffer(owner, buffer, true);
         }
+        notify(revoked, "its owner freed it");
         Ok(())
     }
 
@@ -787,7 +822,7 @@ impl Registry {
     /// Removes `owner` (a guest reset, a client gone): drops its imports, frees its buffers
     /// newest first (views, then memory), then its recycled memory.
     pub fn remove_owner(&self, owner: OwnerId) -> Removed {
-        let (imports, buffers) = {
+        let (imports, buffers, revoked) = {
             let mut inner = self.lock();
             let Some(o) = inner.owners.remove(&owner) else {
                 return Removed::default();
@@ -798,13 +833,15 @@ impl Registry {
                 .rev()
                 .map(|id| drop_import(&mut inner, owner, *id))
                 .collect();
-            let buffers: Vec<Buffer> = o
-                .owned
-                .iter()
-                .rev()
-                .filter_map(|id| remove_buffer(&mut inner, *id))
-                .collect();
-            (imports, buffers)
+            let mut buffers = Vec::with_capacity(o.owned.len());
+            let mut revoked = Vec::new();
+            for id in o.owned.iter().rev() {
+                if let Some(b) = remove_buffer(&mut inner, *id) {
+                    revoked.extend(revocations(&inner, *id, &b));
+                    buffers.push(b);
+                }
+            }
+            (imports, buffers, revoked)
         };
         let mut removed = Removed {
             imports: imports.len(),
@@ -819,6 +856,7 @@ impl Registry {
             removed.views += self.tear_down_buffer(owner, buffer, false);
         }
         removed.pooled = self.pool.release_owner(&owner);
+        notify(revoked, "its owner went away");
         removed
     }
 
@@ -862,6 +900,25 @@ impl Registry {
     /// Bytes held in live buffers and in recycling, over all owners.
     pub fn total_bytes(&self) -> u64 {
         self.lock().bytes.saturating_add(self.pool.pooled_bytes())
+    }
+}
+
+/// The event sinks of the importers of buffer `id` (being removed), to tell them.
+fn revocations(inner: &Inner, id: BufferId, b: &Buffer) -> Vec<(EventSink, BufferId)> {
+    b.importers
+        .iter()
+        .filter_map(|(importer, _)| inner.owners.get(importer)?.events.clone())
+        .map(|sink| (sink, id))
+        .collect()
+}
+
+/// Sends `BufferRevoked` to each sink (no lock held).
+fn notify(revoked: Vec<(EventSink, BufferId)>, reason: &str) {
+    for (sink, buffer) in revoked {
+        sink(Event::BufferRevoked {
+            buffer,
+            reason: reason.to_owned(),
+        });
     }
 }
 

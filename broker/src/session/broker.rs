@@ -9,7 +9,7 @@ use bufbroker_proto::{HeapInfo, Participant};
 use thiserror::Error;
 
 use crate::config::{Config, ConfigError, ResolvedPolicy};
-use crate::heap::{DiscoveryConfig, Heap, discover};
+use crate::heap::{DiscoveryConfig, Heap, UdmabufDevice, discover};
 use crate::registry::Registry;
 use crate::vfio::{HostDevice, VfioSetupError, open_all};
 
@@ -48,6 +48,7 @@ pub struct Broker {
     registry: Registry,
     plans: PlanCache,
     solve_options: SolveOptions,
+    udmabuf: Option<Arc<UdmabufDevice>>,
 }
 
 impl Broker {
@@ -67,7 +68,19 @@ impl Broker {
                 log::warn!("allowed heap {entry} is not available: {why}");
             }
         }
-        Self::new(config, found.iter().cloned().collect())
+        let udmabuf = found.udmabuf_device().cloned();
+        Ok(Self::new(config, found.iter().cloned().collect())?.with_udmabuf(udmabuf))
+    }
+
+    /// Uses `device` to build dmabufs over arena slices and guest RAM.
+    pub fn with_udmabuf(mut self, device: Option<Arc<UdmabufDevice>>) -> Self {
+        self.udmabuf = device;
+        self
+    }
+
+    /// The udmabuf device, where `/dev/udmabuf` exists.
+    pub fn udmabuf(&self) -> Option<&Arc<UdmabufDevice>> {
+        self.udmabuf.as_ref()
     }
 
     /// A broker over the given heaps (filtered by `[heaps] allow`); loads the named
@@ -108,6 +121,7 @@ impl Broker {
             registry,
             plans: PlanCache::new(PLAN_CACHE_CAPACITY),
             solve_options: SolveOptions::default(),
+            udmabuf: None,
             config,
         })
     }

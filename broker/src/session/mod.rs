@@ -17,8 +17,10 @@
 //!
 //! Dropping a session removes its owner: every buffer, view and recycled buffer is freed.
 
+mod arena;
 mod broker;
 mod guest;
+mod guest_ram;
 mod iova;
 mod plan_cache;
 mod window;
@@ -45,6 +47,7 @@ use crate::exposure::{ExposureError, GuestExposure};
 use crate::heap::page_size;
 use crate::registry::{Allocated, OwnerId, RegistryError, ViewKind};
 
+pub use arena::{ArenaHeap, ArenaStats, Arenas};
 pub use broker::{Broker, BrokerError};
 pub use guest::{GuestHandler, guest_factory};
 pub use plan_cache::{FastHashState, FastHasher, Outcome, PlanCache};
@@ -189,9 +192,11 @@ fn registry_code(e: &RegistryError) -> ErrorCode {
             | HeapError::SizeOverflow { .. }
             | HeapError::TooLarge { .. }
             | HeapError::AddressSpace { .. } => ErrorCode::INVALID_ARGUMENT,
+            HeapError::NoRoom { .. } => ErrorCode::OUT_OF_MEMORY,
             _ => ErrorCode::OUT_OF_MEMORY,
         },
         RegistryError::DupFd { .. } => ErrorCode::OUT_OF_MEMORY,
+        RegistryError::NotShareable(_) => ErrorCode::UNSUPPORTED,
     }
 }
 
@@ -242,6 +247,7 @@ enum Transport {
     Guest {
         exposure: Arc<dyn GuestExposure>,
         window: Arc<Mutex<WindowAllocator>>,
+        arenas: Arc<Arenas>,
     },
 }
 
@@ -277,10 +283,20 @@ impl Session {
         let transport = match exposure {
             None => Transport::Local,
             Some(exposure) => {
-                let window = WindowAllocator::new(exposure.window_size(), page_size());
+                let window = Arc::new(Mutex::new(WindowAllocator::new(
+                    exposure.window_size(),
+                    page_size(),
+                )));
+                let arenas = Arenas::new(
+                    broker.config().arenas,
+                    exposure.clone(),
+                    window.clone(),
+                    broker.udmabuf().cloned(),
+                );
                 Transport::Guest {
                     exposure,
-                    window: Arc::new(Mutex::new(window)),
+                    window,
+                    arenas,
                 }
             }
         };
@@ -301,6 +317,14 @@ impl Session {
         self.owner
     }
 
+    /// What this session's arenas did (guests only).
+    pub fn arena_stats(&self) -> Option<ArenaStats> {
+        match &self.transport {
+            Transport::Guest { arenas, .. } => Some(arenas.stats()),
+            Transport::Local => None,
+        }
+    }
+
     /// The features this session's transport supports.
     pub fn offered_features(&self) -> Features {
         let mut common = Features::SHARED_OBJECTS | Features::REGISTERED_PARTICIPANTS;
@@ -309,10 +333,13 @@ impl Session {
         }
         match &self.transport {
             Transport::Local => common | Features::HOST_CLIENT_FD,
-            Transport::Guest { exposure, .. } if exposure.window_size() > 0 => {
-                common | Features::HOST_WINDOW
+            Transport::Guest { exposure, .. } => {
+                let mut features = common | Features::EVENTS | Features::GUEST_RAM;
+                if exposure.window_size() > 0 {
+                    features |= Features::HOST_WINDOW;
+                }
+                features
             }
-            Transport::Guest { .. } => common,
         }
     }
 
@@ -387,6 +414,14 @@ impl Session {
             }
         })?;
         self.negotiated = Some(negotiated);
+        if let (Transport::Guest { exposure, .. }, true) = (
+            &self.transport,
+            negotiated.features.contains(Features::EVENTS),
+        ) {
+            self.broker
+                .registry()
+                .set_event_sink(self.owner, Some(event_sink(&self.name, exposure.clone())));
+        }
         log::info!(
             "{}: client {:?} negotiated version {} features {:?}",
             self.name,
@@ -497,18 +532,25 @@ impl Session {
         match &m.placement {
             Placement::HostClient => self.require(Features::HOST_CLIENT_FD, "HOST_CLIENT_FD")?,
             Placement::HostWindow => self.require(Features::HOST_WINDOW, "HOST_WINDOW")?,
-            Placement::GuestRam { .. } => {
-                self.require(Features::GUEST_RAM, "GUEST_RAM")?;
-                return Err(SessionError::Unsupported("guest-RAM placement"));
-            }
+            Placement::GuestRam { .. } => self.require(Features::GUEST_RAM, "GUEST_RAM")?,
         }
         let plan = Arc::new(self.best_plan(&m.request)?);
+        if let Placement::GuestRam { ranges } = &m.placement {
+            // Guest pages are the guest's own memory: not mapped for host VFIO devices.
+            return self.allocate_in_guest_ram(&plan, ranges, m.request.count);
+        }
         let vfio = self.vfio_targets(&m.request);
-        let heap = self
+        let mut heap = self
             .broker
             .heap(&plan.heap)
             .ok_or_else(|| SessionError::UnknownHeap(plan.heap.clone()))?
             .clone();
+        if let (Placement::HostWindow, Transport::Guest { arenas, .. }) =
+            (&m.placement, &self.transport)
+            && arenas.eligible(&plan)
+        {
+            heap = Arc::new(arenas.heap(heap.info()));
+        }
         let registry = self.broker.registry();
         let buffers = registry.allocate(self.owner, heap.as_ref(), &plan, m.request.count)?;
         let mut reply = Reply::new(AllocateReply {
@@ -541,6 +583,44 @@ impl Session {
         Ok(reply)
     }
 
+    /// Buffers made of the guest's own pages (see `guest_ram.rs`).
+    fn allocate_in_guest_ram(
+        &self,
+        plan: &Arc<Plan>,
+        ranges: &[wire::GuestRange],
+        count: u32,
+    ) -> Result<Reply, SessionError> {
+        let Transport::Guest { exposure, .. } = &self.transport else {
+            return Err(SessionError::Unsupported("guest-RAM placement"));
+        };
+        if plan.contiguous {
+            return Err(SessionError::InvalidArgument(
+                "the plan needs contiguous memory, which guest RAM is not".into(),
+            ));
+        }
+        let stride = guest_ram::check_ranges(ranges, plan.size, count)
+            .map_err(SessionError::InvalidArgument)?;
+        let udmabuf = self.broker.udmabuf().map(Arc::as_ref);
+        let memory = guest_ram::build(exposure.as_ref(), udmabuf, ranges, stride, count)
+            .map_err(SessionError::InvalidArgument)?;
+        let heap = guest_ram::PreparedHeap::new(plan, memory);
+        let buffers = self
+            .broker
+            .registry()
+            .allocate(self.owner, &heap, plan, count)?;
+        Ok(Reply::new(AllocateReply {
+            plan: (**plan).clone(),
+            buffers: buffers
+                .iter()
+                .map(|b| BufferInfo {
+                    id: b.id,
+                    uuid: b.uuid,
+                    location: Location::GuestRam,
+                })
+                .collect(),
+        }))
+    }
+
     fn expose_new(
         &self,
         buffer: &Allocated,
@@ -548,22 +628,35 @@ impl Session {
         fds: &mut Vec<OwnedFd>,
     ) -> Result<Location, SessionError> {
         match placement {
-            Placement::HostClient => self.send_fd(buffer.id, fds),
+            Placement::HostClient => self.send_fd(buffer.id, fds).map(|(location, _)| location),
             Placement::HostWindow => self.map_window(buffer.id, true),
             Placement::GuestRam { .. } => Err(SessionError::Unsupported("guest-RAM placement")),
         }
     }
 
-    fn send_fd(&self, id: BufferId, fds: &mut Vec<OwnedFd>) -> Result<Location, SessionError> {
-        let fd = self.broker.registry().dup_fd(self.owner, id)?;
+    /// Adds buffer `id`'s descriptor to `fds`; returns its location and the offset of the
+    /// buffer's first byte in the descriptor (not 0 only for arena slices without udmabuf).
+    fn send_fd(
+        &self,
+        id: BufferId,
+        fds: &mut Vec<OwnedFd>,
+    ) -> Result<(Location, u64), SessionError> {
+        let (fd, offset) = self.broker.registry().dup_fd(self.owner, id)?;
         let fd_index = u32::try_from(fds.len()).unwrap_or(u32::MAX);
         fds.push(fd);
-        Ok(Location::HostClient { fd_index })
+        Ok((Location::HostClient { fd_index }, offset))
     }
 
-    /// Maps buffer `id` into the window (once per holder) and records the view.
+    /// Maps buffer `id` into the window (once per holder) and records the view. A buffer
+    /// carved from this session's arenas is there already; any other gets a SHMEM_MAP of its
+    /// own.
     fn map_window(&self, id: BufferId, writable: bool) -> Result<Location, SessionError> {
-        let Transport::Guest { exposure, window } = &self.transport else {
+        let Transport::Guest {
+            exposure,
+            window,
+            arenas,
+        } = &self.transport
+        else {
             return Err(SessionError::Unsupported("the shared-memory window"));
         };
         let registry = self.broker.registry();
@@ -582,6 +675,25 @@ impl Session {
             });
         }
         let view = registry.get(self.owner, id)?;
+        if let Some((offset, len)) = arenas.window_range(&view.memory) {
+            // The arena's mapping is the buffer's: the view only records where it is (an
+            // Unmap drops the record; the pages stay mapped with the arena until freed).
+            registry.add_view(
+                self.owner,
+                id,
+                ViewKind::WindowRange { offset, len },
+                Box::new(|| {}),
+            )?;
+            return Ok(Location::HostWindow {
+                shmid: 0,
+                offset,
+                len,
+            });
+        }
+        let (fd, fd_offset) = view.memory.share_fd().ok_or(SessionError::Unsupported(
+            "showing this buffer in another window (its memory is guest RAM and /dev/udmabuf \
+             is absent)",
+        ))?;
         let size = view.memory.size();
         let lock = |w: &Mutex<WindowAllocator>| {
             w.lock()
@@ -599,7 +711,7 @@ impl Session {
             }
         };
         let writable = writable && view.access == Access::ReadWrite;
-        if let Err(source) = exposure.map_window(view.memory.fd(), 0, offset, size, writable) {
+        if let Err(source) = exposure.map_window(fd, fd_offset, offset, size, writable) {
             release();
             return Err(SessionError::Exposure { buffer: id, source });
         }
@@ -680,10 +792,19 @@ impl Session {
             ErrorCode::INTERNAL,
             "",
         )));
+        let mut plan = (*view.plan).clone();
         let location = match m.view {
             ImportView::None => Location::Unmapped,
             ImportView::HostWindow => self.map_window(view.id, view.access == Access::ReadWrite)?,
-            ImportView::HostClient => self.send_fd(view.id, &mut reply.fds)?,
+            ImportView::HostClient => {
+                let (location, fd_offset) = self.send_fd(view.id, &mut reply.fds)?;
+                // The descriptor starts before the buffer (an arena memfd): plane offsets are
+                // relative to the descriptor, as for any multi-plane dmabuf.
+                for plane in &mut plan.planes {
+                    plane.offset = plane.offset.saturating_add(fd_offset);
+                }
+                location
+            }
         };
         reply.message = Message::ImportReply(ImportReply {
             buffer: BufferInfo {
@@ -691,7 +812,7 @@ impl Session {
                 uuid: view.uuid,
                 location,
             },
-            plan: (*view.plan).clone(),
+            plan,
             access: view.access,
         });
         Ok(reply)
@@ -737,6 +858,24 @@ impl Session {
         owners.truncate(wire::MAX_STATS_OWNERS);
         Ok(Reply::new(StatsReply { owners }))
     }
+}
+
+/// Encodes each event and sends it on the guest's event queue (never blocks; see
+/// [`GuestExposure::send_event`]).
+fn event_sink(name: &str, exposure: Arc<dyn GuestExposure>) -> crate::registry::EventSink {
+    let name = name.to_owned();
+    Arc::new(move |event: wire::Event| {
+        let sent = wire::encode(&Message::Event(event), 0)
+            .map_err(|e| wire::error_chain(&e))
+            .and_then(|bytes| {
+                exposure
+                    .send_event(&bytes)
+                    .map_err(|e| wire::error_chain(&e))
+            });
+        if let Err(e) = sent {
+            log::debug!("{name}: an event was not sent: {e}");
+        }
+    })
 }
 
 impl Drop for Session {

@@ -1,0 +1,202 @@
+//! Guest-RAM placement through the whole stack: the guest offers its own pages, the broker
+//! checks the list against the memory table and makes buffers of them; a host client imports
+//! one (a udmabuf where /dev/udmabuf exists, else the import is refused); bad lists get
+//! `INVALID_ARGUMENT` and the device keeps serving.
+
+// Test code: a panic is a test failure, which is what these lints would otherwise forbid.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::sync::Arc;
+
+use bufbroker::config::Config;
+use bufbroker::heap::Mapping;
+use bufbroker::local::{Client, LocalServer};
+use bufbroker::session::{Broker, guest_factory};
+use bufbroker::vhost::DeviceConfig;
+use bufbroker_proto::wire::{
+    self, Access, Allocate, ErrorCode, Features, Grant, GuestRange, Hello, Import, ImportView,
+    Location, Message, Ping, Placement,
+};
+use bufbroker_proto::{ConstraintSet, Participant, ParticipantId, Request, Usage};
+use bufbroker_tests::broker::TestBroker;
+use bufbroker_tests::vmm::{Vmm, VmmOptions};
+use vm_memory::{Bytes, GuestAddress};
+
+const MIB: u64 = 1 << 20;
+/// Guest RAM the tests use: far above the harness's rings and the data slots it hands out.
+const FREE_RAM: u64 = 24 * MIB;
+
+struct Setup {
+    device: TestBroker,
+    local: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    let broker = Arc::new(Broker::from_config(Config::default()).unwrap());
+    let device = TestBroker::start(
+        guest_factory(broker.clone()),
+        DeviceConfig {
+            shmem_size: 16 * MIB,
+            ..DeviceConfig::default()
+        },
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local.sock");
+    let server = LocalServer::bind(&local, broker).unwrap();
+    std::thread::spawn(move || server.serve());
+    Setup {
+        device,
+        local,
+        _dir: dir,
+    }
+}
+
+fn ask(vmm: &mut Vmm, id: u32, message: &Message) -> Message {
+    let bytes = vmm
+        .request(&wire::encode(message, id).unwrap(), 64 * 1024)
+        .unwrap();
+    wire::decode(&bytes).unwrap().1
+}
+
+fn guest(s: &Setup) -> Vmm {
+    let mut vmm = Vmm::connect_and_start(s.device.socket(), VmmOptions::default()).unwrap();
+    let reply = ask(
+        &mut vmm,
+        1,
+        &Message::Hello(Hello {
+            min_version: wire::MIN_PROTOCOL_VERSION,
+            max_version: wire::PROTOCOL_VERSION,
+            features: Features::all(),
+            client: "guest-ram test".into(),
+        }),
+    );
+    let Message::HelloReply(r) = reply else {
+        panic!("expected HelloReply, got {reply:?}")
+    };
+    assert!(r.features.contains(Features::GUEST_RAM));
+    vmm
+}
+
+/// 64×64 XRGB8888: 16 KiB.
+fn allocate_in(ranges: Vec<GuestRange>) -> Message {
+    let usage = Usage::CPU_READ | Usage::CPU_WRITE;
+    Message::Allocate(Allocate {
+        request: Request {
+            width: 64,
+            height: 64,
+            formats: vec!["XRGB8888".parse().unwrap()],
+            usage,
+            participants: vec![Participant::new(
+                ParticipantId::Cpu,
+                "cpu",
+                usage,
+                ConstraintSet::default(),
+            )],
+            count: 1,
+        },
+        placement: Placement::GuestRam { ranges },
+    })
+}
+
+fn range(addr: u64, len: u64) -> GuestRange {
+    GuestRange { addr, len }
+}
+
+#[test]
+fn guest_pages_become_a_buffer_a_host_client_can_import_where_udmabuf_exists() {
+    let s = setup();
+    let mut vmm = guest(&s);
+    // Two pieces of 8 KiB, out of order in guest memory.
+    let (a, b) = (FREE_RAM + 2 * MIB, FREE_RAM);
+    let pattern: Vec<u8> = (0..16384u32).map(|i| (i * 13 + 5) as u8).collect();
+    vmm.memory()
+        .write_slice(&pattern[..8192], GuestAddress(a))
+        .unwrap();
+    vmm.memory()
+        .write_slice(&pattern[8192..], GuestAddress(b))
+        .unwrap();
+
+    let reply = ask(
+        &mut vmm,
+        2,
+        &allocate_in(vec![range(a, 8192), range(b, 8192)]),
+    );
+    let Message::AllocateReply(alloc) = reply else {
+        panic!("expected AllocateReply, got {reply:?}")
+    };
+    let buffer = alloc.buffers[0];
+    assert_eq!(buffer.location, Location::GuestRam);
+    let uid = rustix::process::getuid().as_raw();
+    let reply = ask(
+        &mut vmm,
+        3,
+        &Message::Grant(Grant {
+            buffer: buffer.id,
+            grantee: format!("uid:{uid}"),
+            access: Access::ReadOnly,
+        }),
+    );
+    assert!(matches!(reply, Message::GrantReply(_)), "{reply:?}");
+
+    let (mut client, _) = Client::connect_hello(&s.local, Features::all()).unwrap();
+    let (reply, fds) = client
+        .request(&Message::Import(Import {
+            uuid: buffer.uuid,
+            view: ImportView::HostClient,
+        }))
+        .unwrap();
+    if std::path::Path::new("/dev/udmabuf").exists() {
+        let Message::ImportReply(_) = reply else {
+            panic!("expected ImportReply, got {reply:?}")
+        };
+        let map = Mapping::new(std::os::fd::AsFd::as_fd(&fds[0]), 0, 16384, false).unwrap();
+        let mut back = vec![0u8; 16384];
+        map.read_at(0, &mut back).unwrap();
+        assert_eq!(back, pattern);
+    } else {
+        // Without udmabuf the only descriptor would be the guest's whole memory.
+        let Message::ErrorReply(e) = reply else {
+            panic!("expected ErrorReply, got {reply:?}")
+        };
+        assert_eq!(e.code, ErrorCode::UNSUPPORTED, "{}", e.message);
+        assert!(fds.is_empty());
+    }
+}
+
+#[test]
+fn bad_scatter_gather_lists_get_invalid_argument_and_the_device_keeps_serving() {
+    let s = setup();
+    let mut vmm = guest(&s);
+    let ram_end = VmmOptions::default().mem_size as u64;
+    let cases = [
+        ("outside guest RAM", vec![range(ram_end, 16384)]),
+        ("straddling its end", vec![range(ram_end - 8192, 16384)]),
+        ("unaligned", vec![range(FREE_RAM + 1, 16384)]),
+        ("overflowing", vec![range(u64::MAX - 4095, 16384)]),
+        (
+            "overlapping",
+            vec![range(FREE_RAM, 12288), range(FREE_RAM + 8192, 8192)],
+        ),
+        ("too short", vec![range(FREE_RAM, 8192)]),
+        ("empty", vec![]),
+    ];
+    for (n, (what, ranges)) in cases.into_iter().enumerate() {
+        let reply = ask(&mut vmm, 10 + n as u32, &allocate_in(ranges));
+        let Message::ErrorReply(e) = reply else {
+            panic!("{what}: expected ErrorReply, got {reply:?}")
+        };
+        assert_eq!(e.code, ErrorCode::INVALID_ARGUMENT, "{what}: {}", e.message);
+    }
+
+    let reply = ask(&mut vmm, 30, &Message::Ping(Ping { payload: vec![] }));
+    assert!(matches!(reply, Message::Pong(_)), "{reply:?}");
+    let reply = ask(&mut vmm, 31, &allocate_in(vec![range(FREE_RAM, 16384)]));
+    assert!(matches!(reply, Message::AllocateReply(_)), "{reply:?}");
+}
