@@ -50,7 +50,9 @@ use crate::registry::{Allocated, OwnerId, RegistryError, ViewKind};
 pub use arena::{ArenaHeap, ArenaStats, Arenas};
 pub use broker::{Broker, BrokerError};
 pub use guest::{GuestHandler, guest_factory};
-pub use plan_cache::{FastHashState, FastHasher, Outcome, PlanCache};
+pub use plan_cache::{
+    FastHashState, FastHasher, Lookup, Outcome, PlanCache, Resolution, wire_request,
+};
 pub use window::WindowAllocator;
 
 /// Why a request failed. Each maps to a wire [`ErrorCode`] ([`SessionError::code`]).
@@ -261,6 +263,11 @@ pub struct Session {
     negotiated: Option<Negotiated>,
     registered: Vec<Registered>,
     next_handle: u32,
+    /// What this session's named participants stand for, as the plan cache knows it.
+    resolution: Resolution,
+    /// While [`Session::handle_bytes`] answers a `Solve` or `Allocate`: its request's bytes as
+    /// received, the plan cache's key (empty otherwise: then the cache encodes the request).
+    wire_request: Vec<u8>,
 }
 
 impl std::fmt::Debug for Session {
@@ -301,7 +308,6 @@ impl Session {
             }
         };
         Session {
-            broker,
             owner,
             name: name.to_owned(),
             policy,
@@ -309,6 +315,9 @@ impl Session {
             negotiated: None,
             registered: Vec::new(),
             next_handle: 1,
+            resolution: broker.plans().resolution(),
+            wire_request: Vec::new(),
+            broker,
         }
     }
 
@@ -347,7 +356,14 @@ impl Session {
     /// or as much of it as could be read) and the reply.
     pub fn handle_bytes(&mut self, bytes: &[u8]) -> (u32, Reply) {
         match wire::decode(bytes) {
-            Ok((header, message)) => (header.request_id, self.handle(message)),
+            Ok((header, message)) => {
+                if let Some(request) = wire_request(&message, bytes) {
+                    self.wire_request.extend_from_slice(request);
+                }
+                let reply = self.handle(message);
+                self.wire_request.clear();
+                (header.request_id, reply)
+            }
             Err(e) => {
                 let id = wire::peek_request_id(bytes).unwrap_or(0);
                 (id, Reply::error(&SessionError::Decode(e)))
@@ -461,6 +477,7 @@ impl Session {
             name: m.name,
             participant: m.participant,
         });
+        self.renew_resolution();
         Ok(Reply::new(RegisterParticipantReply { handle }))
     }
 
@@ -471,7 +488,14 @@ impl Session {
         if self.registered.len() == before {
             return Err(SessionError::UnknownHandle(m.handle.0));
         }
+        self.renew_resolution();
         Ok(Reply::new(UnregisterParticipantReply { handle: m.handle }))
+    }
+
+    /// The registered participants changed: cached plans of named requests no longer apply.
+    fn renew_resolution(&mut self) {
+        let plans = self.broker.plans();
+        plans.forget(std::mem::replace(&mut self.resolution, plans.resolution()));
     }
 
     /// The request with every `Named` participant replaced by its registered or configured
@@ -504,13 +528,16 @@ impl Session {
         Ok(resolved)
     }
 
-    /// Solves `request` (resolved) through the plan cache.
+    /// Solves `request` through the plan cache (resolved only on a miss).
     fn outcome(&self, request: &Request) -> Result<plan_cache::Outcome, SessionError> {
-        let resolved = self.resolve(request)?;
         let broker = &self.broker;
-        Ok(broker
-            .plans()
-            .solve(&resolved, broker.heap_infos(), broker.solve_options()))
+        let wire = Some(self.wire_request.as_slice()).filter(|w| !w.is_empty());
+        broker.plans().solve(
+            Lookup::new(request, wire, self.resolution),
+            |r| self.resolve(r),
+            broker.heap_infos(),
+            broker.solve_options(),
+        )
     }
 
     fn solve(&self, request: &Request) -> Result<Reply, SessionError> {
@@ -880,6 +907,7 @@ fn event_sink(name: &str, exposure: Arc<dyn GuestExposure>) -> crate::registry::
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.broker.plans().forget(self.resolution);
         let removed = self.broker.registry().remove_owner(self.owner);
         if removed != crate::registry::Removed::default() {
             log::info!("{}: session ended, freed {removed:?}", self.name);
