@@ -84,7 +84,9 @@ impl RequestHandler for GuestHandler {
                     .spawn(move || {
                         let old = session.lock().unwrap_or_else(|e| e.into_inner()).take();
                         drop(old);
-                        log::info!("{name}: guest state freed after the request in flight ({why:?})");
+                        log::info!(
+                            "{name}: guest state freed after the request in flight ({why:?})"
+                        );
                     });
                 if let Err(e) = spawned {
                     log::error!("{}: cannot start the teardown thread: {e}", self.name);
