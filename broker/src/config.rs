@@ -197,7 +197,13 @@ pub struct GlobalLimits {
     pub bytes: u64,
     /// Most buffers allocated.
     pub buffers: u64,
+    /// Most host processes served at once on the local socket; 0 means
+    /// [`DEFAULT_LOCAL_CLIENTS`]. Connections above it are closed at once.
+    pub local_clients: u32,
 }
+
+/// Local-socket clients served at once when `[global] local_clients` is 0.
+pub const DEFAULT_LOCAL_CLIENTS: u32 = 256;
 
 /// `[defaults]` and `[owners."name"]`: every field optional so an override names only what
 /// it changes.

@@ -230,3 +230,21 @@ fn binding_over_a_live_socket_fails() {
     let err = LocalServer::bind(&f.path, f.broker.clone()).unwrap_err();
     assert!(err.to_string().contains("in use"), "{err}");
 }
+
+#[test]
+fn clients_over_the_limit_are_closed_and_the_connected_ones_keep_being_served() {
+    let config = Config::parse(
+        std::path::Path::new("test.toml"),
+        "[global]\nlocal_clients = 1\n",
+    )
+    .unwrap();
+    let f = start(config);
+    let (mut first, _) = Client::connect_hello(&f.path, Features::all()).unwrap();
+
+    let refused = Client::connect_hello(&f.path, Features::all());
+    assert!(refused.is_err(), "a second client was served");
+
+    let (reply, fds) = first.request(&allocate(64, 64, 1)).unwrap();
+    assert!(matches!(reply, Message::AllocateReply(_)), "{reply:?}");
+    assert_eq!(fds.len(), 1);
+}

@@ -482,17 +482,7 @@ impl HeapBuffer {
     }
 }
 
-/// An error and all its sources, joined with ": " (for logs and reports).
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
-}
+pub use bufbroker_proto::wire::error_chain;
 
 /// The system page size in bytes.
 pub(crate) fn page_size() -> u64 {

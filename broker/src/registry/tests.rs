@@ -180,8 +180,8 @@ fn over_the_byte_quota_is_refused_before_allocating() {
 #[test]
 fn global_limit_applies_across_owners() {
     let global = GlobalLimits {
-        bytes: 0,
         buffers: 3,
+        ..GlobalLimits::default()
     };
     let (reg, heap) = (
         Registry::new(global, PoolLimits::default()),

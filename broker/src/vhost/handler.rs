@@ -6,8 +6,9 @@
 //! connection; [`HandlerFactory`] makes it when the VMM connects and hands it the
 //! [`GuestExposure`] of that connection.
 //!
-//! [`MinimalHandler`] is the stand-in until the session lands: Hello, Ping, and an
-//! `ErrorReply` for everything else.
+//! `bufbroker serve` plugs in `session::GuestHandler` (one session per guest).
+//! [`MinimalHandler`] answers Hello, Ping, and an `ErrorReply` for everything else: the test
+//! harness uses it to test the device without the session.
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
