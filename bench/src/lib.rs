@@ -23,10 +23,7 @@ use bufbroker::heap::{BufferPool, Heap, MemfdHeap, PoolLimits};
 use bufbroker::session::{Lookup, PlanCache, Resolution, wire_request};
 use bufbroker_proto::solver::{LayoutRules, SolveOptions, compute_layout};
 use bufbroker_proto::wire::{self, Message, Solve};
-use bufbroker_proto::{
-    ConstraintSet, Fourcc, HeapInfo, Modifier, Participant, ParticipantId, Request, Usage,
-    solve_with,
-};
+use bufbroker_proto::{Fourcc, HeapInfo, Modifier, Request, solve_with};
 use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
 use rutabaga_gfx::{
     DrmFormat, ImageAllocationInfo, RutabagaGralloc, RutabagaGrallocBackendFlags,
@@ -117,20 +114,7 @@ pub fn human(d: Duration) -> String {
 
 /// A request from the CPU alone for a linear image, as a layout query.
 pub fn cpu_request(fourcc: Fourcc, width: u32, height: u32) -> Request {
-    let usage = Usage::CPU_READ | Usage::CPU_WRITE;
-    Request {
-        width,
-        height,
-        formats: vec![fourcc],
-        usage,
-        participants: vec![Participant::new(
-            ParticipantId::Cpu,
-            "cpu",
-            usage,
-            ConstraintSet::default(),
-        )],
-        count: 1,
-    }
+    bufbroker_tests::session::cpu_request(fourcc, width, height, 1, "cpu")
 }
 
 /// Percentiles (`ps`, each 0..=100) of single calls of `f`, over `calls` calls after a

@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bufbroker::config::Config;
 use bufbroker::heap::{Heap, MemfdHeap};
@@ -64,12 +64,12 @@ fn allocate(width: u32, height: u32, count: u32) -> Message {
     })
 }
 
-/// Waits until the broker holds no memory (a client's session ends on its own thread).
+/// Waits until the broker holds no memory (a client's session ends on its own thread);
+/// returns what it holds then.
 fn wait_until_empty(broker: &Broker) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while broker.registry().total_bytes() != 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    broker
+        .registry()
+        .wait_until(Duration::from_secs(5), |r| r.total_bytes() == 0);
     broker.registry().total_bytes()
 }
 

@@ -23,7 +23,6 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bufbroker::config::Config;
 use bufbroker::local::{Client, LocalServer};
@@ -33,33 +32,11 @@ use bufbroker_proto::wire::{
     QueryIovas,
 };
 use bufbroker_proto::{ConstraintSet, Participant, ParticipantId, Request, Usage};
-use bufbroker_vfio::{VfioDevice, device::Region, sysfs};
-
-const EDU_VENDOR: u16 = 0x1234;
-const EDU_DEVICE: u16 = 0x11e8;
-/// edu BAR0 registers (QEMU docs/specs/edu.rst).
-const EDU_DMA_SRC: u64 = 0x80;
-const EDU_DMA_DST: u64 = 0x88;
-const EDU_DMA_COUNT: u64 = 0x90;
-const EDU_DMA_CMD: u64 = 0x98;
-const EDU_CMD_START: u64 = 1;
-const EDU_CMD_TO_RAM: u64 = 2;
-/// edu's internal DMA buffer and its size.
-const EDU_DMA_BUF: u64 = 0x40000;
-const EDU_DMA_SIZE: u64 = 4096;
+use bufbroker_vfio::edu::{self, Bar0};
 
 /// edu's PCI address, or `None` (test skipped) without one when devices are not required.
 fn edu_address() -> Option<String> {
-    let found = sysfs::find_pci(EDU_VENDOR, EDU_DEVICE);
-    let Some(name) = found.first() else {
-        assert!(
-            std::env::var_os("BUFBROKER_REQUIRE_DEVICES").is_none(),
-            "no edu device (1234:11e8) and BUFBROKER_REQUIRE_DEVICES is set"
-        );
-        eprintln!("skipped: no edu device (1234:11e8)");
-        return None;
-    };
-    Some(name.clone())
+    edu::address_or_skip().unwrap()
 }
 
 /// A running broker with edu as participant `edu` (every owner may use it), serving a local
@@ -148,41 +125,6 @@ fn iovas(client: &mut Client, buffer: BufferId) -> IovasReply {
     }
 }
 
-struct Bar0<'a> {
-    dev: &'a VfioDevice,
-    region: Region,
-}
-
-impl Bar0<'_> {
-    fn read64(&self, off: u64) -> u64 {
-        let mut b = [0u8; 8];
-        self.dev.read_region(&self.region, off, &mut b).unwrap();
-        u64::from_le_bytes(b)
-    }
-    fn write64(&self, off: u64, v: u64) {
-        self.dev
-            .write_region(&self.region, off, &v.to_le_bytes())
-            .unwrap();
-    }
-
-    /// One edu DMA transfer; waits until the engine clears its start bit.
-    fn dma(&self, src: u64, dst: u64, count: u64, to_ram: bool) {
-        self.write64(EDU_DMA_SRC, src);
-        self.write64(EDU_DMA_DST, dst);
-        self.write64(EDU_DMA_COUNT, count);
-        let dir = if to_ram { EDU_CMD_TO_RAM } else { 0 };
-        self.write64(EDU_DMA_CMD, EDU_CMD_START | dir);
-        let t0 = Instant::now();
-        while self.read64(EDU_DMA_CMD) & EDU_CMD_START != 0 {
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "edu DMA did not finish"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
 /// A client allocates a buffer for the CPU and edu; the broker maps it below edu's 2^28
 /// window and tells the owner the IOVA; edu copies a pattern from the buffer into its own
 /// memory and back to another offset; the client sees the bytes through its fd. Freeing the
@@ -209,7 +151,7 @@ fn broker_maps_buffer_for_edu_and_edu_dma_round_trips() {
     };
     assert_eq!(m.participant, "edu");
     assert!(m.iova + m.len <= 1 << 28, "IOVA {:#x}+{:#x}", m.iova, m.len);
-    assert!(m.len >= 2 * EDU_DMA_SIZE, "{m:?}");
+    assert!(m.len >= 2 * edu::DMA_SIZE, "{m:?}");
     assert_eq!(
         dev.container().iommu_info().unwrap().dma_avail,
         avail_before.map(|a| a - 1),
@@ -217,17 +159,16 @@ fn broker_maps_buffer_for_edu_and_edu_dma_round_trips() {
     );
 
     let buffer = File::from(fds.into_iter().next().unwrap());
-    let pattern: Vec<u8> = (0..EDU_DMA_SIZE).map(|i| (i * 13 + 5) as u8).collect();
+    let pattern: Vec<u8> = (0..edu::DMA_SIZE).map(|i| (i * 13 + 5) as u8).collect();
     buffer.write_all_at(&pattern, 0).unwrap();
     dev.enable_bus_master().unwrap();
-    let bar0 = Bar0 {
-        dev,
-        region: dev.region(0).unwrap(),
-    };
-    bar0.dma(m.iova, EDU_DMA_BUF, EDU_DMA_SIZE, false);
-    bar0.dma(EDU_DMA_BUF, m.iova + EDU_DMA_SIZE, EDU_DMA_SIZE, true);
-    let mut back = vec![0u8; EDU_DMA_SIZE as usize];
-    buffer.read_exact_at(&mut back, EDU_DMA_SIZE).unwrap();
+    let bar0 = Bar0::new(dev).unwrap();
+    bar0.dma(m.iova, edu::DMA_BUF, edu::DMA_SIZE, false)
+        .unwrap();
+    bar0.dma(edu::DMA_BUF, m.iova + edu::DMA_SIZE, edu::DMA_SIZE, true)
+        .unwrap();
+    let mut back = vec![0u8; edu::DMA_SIZE as usize];
+    buffer.read_exact_at(&mut back, edu::DMA_SIZE).unwrap();
     assert_eq!(
         back, pattern,
         "edu wrote the pattern into the broker's buffer"

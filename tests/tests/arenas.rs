@@ -11,56 +11,41 @@
     clippy::panic
 )]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bufbroker::config::{ArenaConfig, ArenaMode, Config};
 use bufbroker::heap::Mapping;
-use bufbroker::local::{Client, LocalServer};
-use bufbroker::session::{Broker, guest_factory};
-use bufbroker::vhost::DeviceConfig;
+use bufbroker::local::Client;
+use bufbroker_proto::Request;
 use bufbroker_proto::wire::{
-    self, Access, Allocate, AllocateReply, BufferInfo, ErrorCode, Export, Features, Free, Grant,
-    Hello, Import, ImportView, Location, Message, Ping, Placement,
+    Access, Allocate, AllocateReply, BufferInfo, ErrorCode, Export, Features, Free, Grant, Import,
+    ImportView, Location, Message, Ping, Placement,
 };
-use bufbroker_proto::{ConstraintSet, Participant, ParticipantId, Request, Usage};
-use bufbroker_tests::broker::TestBroker;
-use bufbroker_tests::vmm::{ChannelEvent, Vmm, VmmOptions};
+use bufbroker_tests::session::{FullBroker, XRGB8888, allocate_host_window, ask, cpu_request};
+use bufbroker_tests::vmm::{ChannelEvent, Vmm};
 
 const WAIT: Duration = Duration::from_secs(10);
 const MIB: u64 = 1 << 20;
 
-struct Setup {
-    broker: Arc<Broker>,
-    device: TestBroker,
-    local: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-fn setup(arenas: ArenaConfig, window: u64) -> Setup {
+fn setup(arenas: ArenaConfig, window: u64) -> FullBroker {
     let config = Config {
         arenas,
         ..Config::default()
     };
-    let broker = Arc::new(Broker::from_config(config).unwrap());
-    let device = TestBroker::start(
-        guest_factory(broker.clone()),
-        DeviceConfig {
-            shmem_size: window,
-            ..DeviceConfig::default()
-        },
-    )
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let local = dir.path().join("local.sock");
-    let server = LocalServer::bind(&local, broker.clone()).unwrap();
-    std::thread::spawn(move || server.serve());
-    Setup {
-        broker,
-        device,
-        local,
-        _dir: dir,
-    }
+    FullBroker::start(config, window).unwrap()
+}
+
+fn guest(s: &FullBroker) -> Vmm {
+    s.guest("arena test").unwrap().0
+}
+
+/// `width`×`height` XR24 (4 bytes per pixel) for the CPU.
+fn xr24(width: u32, height: u32, count: u32) -> Request {
+    cpu_request(XRGB8888, width, height, count, "guest cpu")
+}
+
+fn allocate(vmm: &mut Vmm, id: u32, request: Request) -> Message {
+    allocate_host_window(vmm, id, request).unwrap()
 }
 
 fn arenas(size: u64) -> ArenaConfig {
@@ -69,60 +54,6 @@ fn arenas(size: u64) -> ArenaConfig {
         size,
         keep_warm: false,
     }
-}
-
-fn ask(vmm: &mut Vmm, id: u32, message: &Message) -> Message {
-    let bytes = vmm
-        .request(&wire::encode(message, id).unwrap(), 64 * 1024)
-        .unwrap();
-    let (header, reply) = wire::decode(&bytes).unwrap();
-    assert_eq!(header.request_id, id);
-    reply
-}
-
-fn guest(s: &Setup) -> Vmm {
-    let mut vmm = Vmm::connect_and_start(s.device.socket(), VmmOptions::default()).unwrap();
-    let reply = ask(
-        &mut vmm,
-        1,
-        &Message::Hello(Hello {
-            min_version: wire::MIN_PROTOCOL_VERSION,
-            max_version: wire::PROTOCOL_VERSION,
-            features: Features::all(),
-            client: "arena test".into(),
-        }),
-    );
-    assert!(matches!(reply, Message::HelloReply(_)), "{reply:?}");
-    vmm
-}
-
-/// `width`×`height` XR24 (4 bytes per pixel) for the CPU.
-fn xr24(width: u32, height: u32, count: u32) -> Request {
-    let usage = Usage::CPU_READ | Usage::CPU_WRITE;
-    Request {
-        width,
-        height,
-        formats: vec!["XRGB8888".parse().unwrap()],
-        usage,
-        participants: vec![Participant::new(
-            ParticipantId::Cpu,
-            "guest cpu",
-            usage,
-            ConstraintSet::default(),
-        )],
-        count,
-    }
-}
-
-fn allocate(vmm: &mut Vmm, id: u32, request: Request) -> Message {
-    ask(
-        vmm,
-        id,
-        &Message::Allocate(Allocate {
-            request,
-            placement: Placement::HostWindow,
-        }),
-    )
 }
 
 fn allocated(reply: Message) -> AllocateReply {
@@ -187,7 +118,8 @@ fn many_allocations_share_one_shmem_map_and_the_last_free_unmaps_it() {
             &mut vmm,
             10 + n as u32,
             &Message::Free(Free { buffer: b.id }),
-        );
+        )
+        .unwrap();
         assert!(matches!(reply, Message::FreeReply(_)), "{reply:?}");
         let expected = usize::from(n + 1 == buffers.len());
         assert!(
@@ -256,7 +188,8 @@ fn arena_buffers_and_an_imported_buffer_with_its_own_map_coexist() {
             uuid: host.buffers[0].uuid,
             view: ImportView::HostWindow,
         }),
-    );
+    )
+    .unwrap();
     let Message::ImportReply(import) = reply else {
         panic!("expected ImportReply, got {reply:?}")
     };
@@ -273,7 +206,8 @@ fn arena_buffers_and_an_imported_buffer_with_its_own_map_coexist() {
             &mut vmm,
             4 + n as u32,
             &Message::Free(Free { buffer: b.id }),
-        );
+        )
+        .unwrap();
     }
     assert!(vmm.channel.wait_for(WAIT, |e| unmaps(e) == 1));
     assert!(vmm.channel.events().contains(&ChannelEvent::ShmemUnmap {
@@ -296,7 +230,7 @@ fn a_host_client_importing_an_arena_buffer_sees_the_guests_bytes() {
     let buffer = alloc.buffers[0];
     let (offset, _) = window_range(&buffer);
     assert!(offset > 0);
-    ask(&mut vmm, 4, &Message::Export(Export { buffer: buffer.id }));
+    ask(&mut vmm, 4, &Message::Export(Export { buffer: buffer.id })).unwrap();
     let uid = rustix::process::getuid().as_raw();
     ask(
         &mut vmm,
@@ -306,7 +240,8 @@ fn a_host_client_importing_an_arena_buffer_sees_the_guests_bytes() {
             grantee: format!("uid:{uid}"),
             access: Access::ReadWrite,
         }),
-    );
+    )
+    .unwrap();
 
     let (mut client, _) = Client::connect_hello(&s.local, Features::all()).unwrap();
     let (reply, fds) = client
@@ -349,8 +284,8 @@ fn a_full_window_is_an_out_of_memory_reply_and_the_device_keeps_serving() {
     assert_eq!(e.code, ErrorCode::OUT_OF_MEMORY);
     assert!(e.message.contains("shared-memory window"), "{}", e.message);
     assert_eq!(maps(&vmm.channel.events()).len(), 2);
-    let reply = ask(&mut vmm, 7, &Message::Ping(Ping { payload: vec![1] }));
+    let reply = ask(&mut vmm, 7, &Message::Ping(Ping { payload: vec![1] })).unwrap();
     assert!(matches!(reply, Message::Pong(_)), "{reply:?}");
-    ask(&mut vmm, 8, &Message::Free(Free { buffer: held[0].id }));
+    ask(&mut vmm, 8, &Message::Free(Free { buffer: held[0].id })).unwrap();
     allocated(allocate(&mut vmm, 9, xr24(512, 1024, 1)));
 }

@@ -9,96 +9,35 @@
     clippy::panic
 )]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bufbroker::config::Config;
-use bufbroker::local::{Client, LocalServer};
-use bufbroker::session::{Broker, guest_factory};
-use bufbroker::vhost::DeviceConfig;
+use bufbroker::local::Client;
 use bufbroker_proto::wire::{
-    self, Access, Allocate, BufferId, Event, Features, Free, Grant, Hello, Import, ImportView,
-    Message, Placement,
+    self, Access, Allocate, BufferId, Event, Features, Free, Grant, Import, ImportView, Message,
+    Placement,
 };
-use bufbroker_proto::{ConstraintSet, Participant, ParticipantId, Request, Usage};
-use bufbroker_tests::broker::TestBroker;
-use bufbroker_tests::vmm::{ChannelEvent, Vmm, VmmOptions};
+use bufbroker_tests::session::{FullBroker, XRGB8888, ask, cpu_request};
+use bufbroker_tests::vmm::{ChannelEvent, Vmm};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-struct Setup {
-    device: TestBroker,
-    local: std::path::PathBuf,
-    _dir: tempfile::TempDir,
+fn setup() -> FullBroker {
+    FullBroker::start(Config::default(), 16 << 20).unwrap()
 }
 
-fn setup() -> Setup {
-    let broker = Arc::new(Broker::from_config(Config::default()).unwrap());
-    let device = TestBroker::start(
-        guest_factory(broker.clone()),
-        DeviceConfig {
-            shmem_size: 16 << 20,
-            ..DeviceConfig::default()
-        },
-    )
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let local = dir.path().join("local.sock");
-    let server = LocalServer::bind(&local, broker).unwrap();
-    std::thread::spawn(move || server.serve());
-    Setup {
-        device,
-        local,
-        _dir: dir,
-    }
-}
-
-fn ask(vmm: &mut Vmm, id: u32, message: &Message) -> Message {
-    let bytes = vmm
-        .request(&wire::encode(message, id).unwrap(), 64 * 1024)
-        .unwrap();
-    wire::decode(&bytes).unwrap().1
-}
-
-fn guest(s: &Setup) -> Vmm {
-    let mut vmm = Vmm::connect_and_start(s.device.socket(), VmmOptions::default()).unwrap();
-    let reply = ask(
-        &mut vmm,
-        1,
-        &Message::Hello(Hello {
-            min_version: wire::MIN_PROTOCOL_VERSION,
-            max_version: wire::PROTOCOL_VERSION,
-            features: Features::all(),
-            client: "event test".into(),
-        }),
-    );
-    let Message::HelloReply(r) = reply else {
-        panic!("expected HelloReply, got {reply:?}")
-    };
-    assert!(r.features.contains(Features::EVENTS));
+fn guest(s: &FullBroker) -> Vmm {
+    let (vmm, hello) = s.guest("event test").unwrap();
+    assert!(hello.features.contains(Features::EVENTS));
     vmm
 }
 
 /// A host client's buffer, granted to the guest ("test") and imported into its window.
-fn host_buffer_imported_by_the_guest(s: &Setup, vmm: &mut Vmm) -> (Client, BufferId) {
-    let usage = Usage::CPU_READ | Usage::CPU_WRITE;
-    let request = Request {
-        width: 64,
-        height: 64,
-        formats: vec!["XRGB8888".parse().unwrap()],
-        usage,
-        participants: vec![Participant::new(
-            ParticipantId::Cpu,
-            "cpu",
-            usage,
-            ConstraintSet::default(),
-        )],
-        count: 1,
-    };
-    let (mut client, _) = Client::connect_hello(&s.local, Features::all()).unwrap();
+fn host_buffer_imported_by_the_guest(s: &FullBroker, vmm: &mut Vmm) -> (Client, BufferId) {
+    let (mut client, _) = Client::connect_hello(s.local(), Features::all()).unwrap();
     let (reply, _fds) = client
         .request(&Message::Allocate(Allocate {
-            request,
+            request: cpu_request(XRGB8888, 64, 64, 1, "cpu"),
             placement: Placement::HostClient,
         }))
         .unwrap();
@@ -121,7 +60,8 @@ fn host_buffer_imported_by_the_guest(s: &Setup, vmm: &mut Vmm) -> (Client, Buffe
             uuid: buffer.uuid,
             view: ImportView::HostWindow,
         }),
-    );
+    )
+    .unwrap();
     assert!(matches!(reply, Message::ImportReply(_)), "{reply:?}");
     (client, buffer.id)
 }
@@ -162,10 +102,20 @@ fn an_event_without_a_posted_buffer_waits_for_one() {
     let mut vmm = guest(&s);
     let (client, id) = host_buffer_imported_by_the_guest(&s, &mut vmm);
 
-    // The owner goes away (its connection closes): its buffers are freed.
+    // The owner goes away (its connection closes): its buffers are freed and the guest's
+    // revocation is held, as no buffer is posted.
     drop(client);
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(vmm.wait_event(Duration::from_millis(100)).is_err());
+    let exposure = s.recorder.vhost_exposure(0, WAIT).unwrap();
+    assert!(
+        exposure.wait_event_stats(WAIT, |e| e.pending == 1),
+        "no event held: {:?}",
+        exposure.event_stats()
+    );
+    assert_eq!(exposure.event_stats().delivered, 0);
+    assert!(
+        vmm.wait_event(Duration::ZERO).is_err(),
+        "an event was delivered without a buffer to hold it"
+    );
     vmm.post_event_buffers(1).unwrap();
 
     assert_eq!(revoked(&vmm.wait_event(WAIT).unwrap()), id);

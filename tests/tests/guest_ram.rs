@@ -11,19 +11,14 @@
     clippy::panic
 )]
 
-use std::sync::Arc;
-
 use bufbroker::config::Config;
 use bufbroker::heap::Mapping;
-use bufbroker::local::{Client, LocalServer};
-use bufbroker::session::{Broker, guest_factory};
-use bufbroker::vhost::DeviceConfig;
+use bufbroker::local::Client;
 use bufbroker_proto::wire::{
-    self, Access, Allocate, ErrorCode, Features, Grant, GuestRange, Hello, Import, ImportView,
-    Location, Message, Ping, Placement,
+    Access, Allocate, ErrorCode, Features, Grant, GuestRange, Import, ImportView, Location,
+    Message, Ping, Placement,
 };
-use bufbroker_proto::{ConstraintSet, Participant, ParticipantId, Request, Usage};
-use bufbroker_tests::broker::TestBroker;
+use bufbroker_tests::session::{FullBroker, XRGB8888, ask, cpu_request};
 use bufbroker_tests::vmm::{Vmm, VmmOptions};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -31,76 +26,20 @@ const MIB: u64 = 1 << 20;
 /// Guest RAM the tests use: far above the harness's rings and the data slots it hands out.
 const FREE_RAM: u64 = 24 * MIB;
 
-struct Setup {
-    device: TestBroker,
-    local: std::path::PathBuf,
-    _dir: tempfile::TempDir,
+fn setup() -> FullBroker {
+    FullBroker::start(Config::default(), 16 * MIB).unwrap()
 }
 
-fn setup() -> Setup {
-    let broker = Arc::new(Broker::from_config(Config::default()).unwrap());
-    let device = TestBroker::start(
-        guest_factory(broker.clone()),
-        DeviceConfig {
-            shmem_size: 16 * MIB,
-            ..DeviceConfig::default()
-        },
-    )
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let local = dir.path().join("local.sock");
-    let server = LocalServer::bind(&local, broker).unwrap();
-    std::thread::spawn(move || server.serve());
-    Setup {
-        device,
-        local,
-        _dir: dir,
-    }
-}
-
-fn ask(vmm: &mut Vmm, id: u32, message: &Message) -> Message {
-    let bytes = vmm
-        .request(&wire::encode(message, id).unwrap(), 64 * 1024)
-        .unwrap();
-    wire::decode(&bytes).unwrap().1
-}
-
-fn guest(s: &Setup) -> Vmm {
-    let mut vmm = Vmm::connect_and_start(s.device.socket(), VmmOptions::default()).unwrap();
-    let reply = ask(
-        &mut vmm,
-        1,
-        &Message::Hello(Hello {
-            min_version: wire::MIN_PROTOCOL_VERSION,
-            max_version: wire::PROTOCOL_VERSION,
-            features: Features::all(),
-            client: "guest-ram test".into(),
-        }),
-    );
-    let Message::HelloReply(r) = reply else {
-        panic!("expected HelloReply, got {reply:?}")
-    };
-    assert!(r.features.contains(Features::GUEST_RAM));
+fn guest(s: &FullBroker) -> Vmm {
+    let (vmm, hello) = s.guest("guest-ram test").unwrap();
+    assert!(hello.features.contains(Features::GUEST_RAM));
     vmm
 }
 
 /// 64×64 XRGB8888: 16 KiB.
 fn allocate_in(ranges: Vec<GuestRange>) -> Message {
-    let usage = Usage::CPU_READ | Usage::CPU_WRITE;
     Message::Allocate(Allocate {
-        request: Request {
-            width: 64,
-            height: 64,
-            formats: vec!["XRGB8888".parse().unwrap()],
-            usage,
-            participants: vec![Participant::new(
-                ParticipantId::Cpu,
-                "cpu",
-                usage,
-                ConstraintSet::default(),
-            )],
-            count: 1,
-        },
+        request: cpu_request(XRGB8888, 64, 64, 1, "cpu"),
         placement: Placement::GuestRam { ranges },
     })
 }
@@ -127,7 +66,8 @@ fn guest_pages_become_a_buffer_a_host_client_can_import_where_udmabuf_exists() {
         &mut vmm,
         2,
         &allocate_in(vec![range(a, 8192), range(b, 8192)]),
-    );
+    )
+    .unwrap();
     let Message::AllocateReply(alloc) = reply else {
         panic!("expected AllocateReply, got {reply:?}")
     };
@@ -142,7 +82,8 @@ fn guest_pages_become_a_buffer_a_host_client_can_import_where_udmabuf_exists() {
             grantee: format!("uid:{uid}"),
             access: Access::ReadOnly,
         }),
-    );
+    )
+    .unwrap();
     assert!(matches!(reply, Message::GrantReply(_)), "{reply:?}");
 
     let (mut client, _) = Client::connect_hello(&s.local, Features::all()).unwrap();
@@ -188,15 +129,15 @@ fn bad_scatter_gather_lists_get_invalid_argument_and_the_device_keeps_serving() 
         ("empty", vec![]),
     ];
     for (n, (what, ranges)) in cases.into_iter().enumerate() {
-        let reply = ask(&mut vmm, 10 + n as u32, &allocate_in(ranges));
+        let reply = ask(&mut vmm, 10 + n as u32, &allocate_in(ranges)).unwrap();
         let Message::ErrorReply(e) = reply else {
             panic!("{what}: expected ErrorReply, got {reply:?}")
         };
         assert_eq!(e.code, ErrorCode::INVALID_ARGUMENT, "{what}: {}", e.message);
     }
 
-    let reply = ask(&mut vmm, 30, &Message::Ping(Ping { payload: vec![] }));
+    let reply = ask(&mut vmm, 30, &Message::Ping(Ping { payload: vec![] })).unwrap();
     assert!(matches!(reply, Message::Pong(_)), "{reply:?}");
-    let reply = ask(&mut vmm, 31, &allocate_in(vec![range(FREE_RAM, 16384)]));
+    let reply = ask(&mut vmm, 31, &allocate_in(vec![range(FREE_RAM, 16384)])).unwrap();
     assert!(matches!(reply, Message::AllocateReply(_)), "{reply:?}");
 }

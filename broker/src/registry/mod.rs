@@ -26,11 +26,16 @@
 //! Heap allocations, view teardowns and descriptor closes run with **no** lock held: records
 //! are removed under the lock and acted on after it is released, so a slow teardown (a VMM
 //! round trip) never blocks other owners.
+//!
+//! [`Registry::wait_until`] holds `Registry::changes` while it evaluates its predicate (which
+//! takes `inner` and the pool's mutex); changes are announced after every other lock is
+//! released, so nothing holds `inner` or the pool's mutex while taking `changes`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use bufbroker_proto::Plan;
 use bufbroker_proto::wire::{Access, BufferId, Event, OwnerStats};
@@ -322,6 +327,10 @@ pub struct Registry {
     global: GlobalLimits,
     next_owner: AtomicU64,
     next_buffer: AtomicU64,
+    /// Taken by [`Registry::wait_until`] around its predicate and its wait on `changed`.
+    changes: Mutex<()>,
+    /// Notified after every change to the owners, the buffers or the bytes held.
+    changed: Condvar,
 }
 
 impl fmt::Debug for Registry {
@@ -361,6 +370,37 @@ impl Registry {
             global,
             next_owner: AtomicU64::new(1),
             next_buffer: AtomicU64::new(1),
+            changes: Mutex::new(()),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Wakes [`Registry::wait_until`]. Called with no other registry lock held.
+    fn announce_change(&self) {
+        drop(self.changes.lock().unwrap_or_else(PoisonError::into_inner));
+        self.changed.notify_all();
+    }
+
+    /// Waits until `pred` holds, evaluating it now and after every change to the owners, the
+    /// buffers or the bytes held (allocations, frees, owners added and removed, recycled
+    /// memory released); gives up after `timeout`. Returns whether `pred` held. `pred` runs
+    /// with no registry lock held, so it may call any query; it must not change the registry.
+    pub fn wait_until(&self, timeout: Duration, mut pred: impl FnMut(&Registry) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if pred(self) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            guard = self
+                .changed
+                .wait_timeout(guard, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -386,6 +426,7 @@ impl Registry {
                 events: None,
             },
         );
+        self.announce_change();
         id
     }
 
@@ -501,6 +542,19 @@ impl Registry {
     /// Quotas are checked first; buffers the owner freed earlier with the same heap and size
     /// are reused.
     pub fn allocate(
+        &self,
+        owner: OwnerId,
+        heap: &dyn Heap,
+        plan: &Arc<Plan>,
+        count: u32,
+    ) -> Result<Vec<Allocated>, RegistryError> {
+        let allocated = self.allocate_unannounced(owner, heap, plan, count);
+        self.announce_change();
+        allocated
+    }
+
+    /// [`Registry::allocate`] without waking [`Registry::wait_until`].
+    fn allocate_unannounced(
         &self,
         owner: OwnerId,
         heap: &dyn Heap,
@@ -791,6 +845,7 @@ impl Registry {
             let views = drop_import(&mut inner, owner, id);
             drop(inner);
             views.into_iter().rev().for_each(View::tear_down);
+            self.announce_change();
             return Ok(());
         }
         let buffer = remove_buffer(&mut inner, id);
@@ -803,6 +858,7 @@ impl Registry {
             self.tear_down_buffer(owner, buffer, true);
         }
         notify(revoked, "its owner freed it");
+        self.announce_change();
         Ok(())
     }
 
@@ -857,6 +913,7 @@ impl Registry {
         }
         removed.pooled = self.pool.release_owner(&owner);
         notify(revoked, "its owner went away");
+        self.announce_change();
         removed
     }
 

@@ -59,6 +59,14 @@ struct EventQueue {
 }
 
 impl EventQueue {
+    fn stats(&self) -> EventStats {
+        EventStats {
+            delivered: self.delivered,
+            pending: self.pending.len(),
+            dropped: self.dropped,
+        }
+    }
+
     /// Writes held events into posted buffers, oldest first, until either runs out; signals
     /// the driver if it asked. Bounded: at most one chain per held event.
     fn flush(&mut self, mem: &GuestMemoryAtomic<GuestMemoryMmap>) {
@@ -127,6 +135,8 @@ pub struct VhostExposure {
 struct Shared {
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
     events: Mutex<EventQueue>,
+    /// Notified whenever [`EventStats`] change.
+    events_changed: Condvar,
     channel: Mutex<Option<Backend>>,
     state: Mutex<State>,
     state_changed: Condvar,
@@ -138,6 +148,8 @@ struct Shared {
 struct State {
     started: bool,
     closed: bool,
+    /// Requests blocked in `wait_started`.
+    waiting_for_start: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -157,6 +169,7 @@ impl VhostExposure {
         let shared = Arc::new(Shared {
             mem,
             events: Mutex::new(EventQueue::default()),
+            events_changed: Condvar::new(),
             channel: Mutex::new(None),
             state: Mutex::new(State::default()),
             state_changed: Condvar::new(),
@@ -197,6 +210,7 @@ impl VhostExposure {
             let stale = events.pending.len() as u64;
             events.pending.clear();
             events.dropped = events.dropped.saturating_add(stale);
+            self.shared.events_changed.notify_all();
         }
         was
     }
@@ -210,16 +224,36 @@ impl VhostExposure {
             events.vring = Some(vring.clone());
         }
         events.flush(&self.shared.mem);
+        self.shared.events_changed.notify_all();
     }
 
     /// Events delivered, held and dropped so far.
     pub fn event_stats(&self) -> EventStats {
+        lock(&self.shared.events).stats()
+    }
+
+    /// Waits until `pred` holds of the event counters (checked now and after every change),
+    /// or `timeout` passed; returns whether it holds.
+    pub fn wait_event_stats(&self, timeout: Duration, pred: impl Fn(&EventStats) -> bool) -> bool {
         let events = lock(&self.shared.events);
-        EventStats {
-            delivered: events.delivered,
-            pending: events.pending.len(),
-            dropped: events.dropped,
-        }
+        let (events, _) = self
+            .shared
+            .events_changed
+            .wait_timeout_while(events, timeout, |e| !pred(&e.stats()))
+            .unwrap_or_else(PoisonError::into_inner);
+        pred(&events.stats())
+    }
+
+    /// Waits until at least `n` requests (maps, shared objects) are blocked waiting for the
+    /// guest to start the device, or `timeout` passed; returns whether they are.
+    pub fn wait_for_start_waiters(&self, n: usize, timeout: Duration) -> bool {
+        let state = lock(&self.shared.state);
+        let (state, _) = self
+            .shared
+            .state_changed
+            .wait_timeout_while(state, timeout, |s| s.waiting_for_start < n)
+            .unwrap_or_else(PoisonError::into_inner);
+        state.waiting_for_start >= n
     }
 
     /// Whether the device is started.
@@ -235,6 +269,13 @@ impl VhostExposure {
         if !sent {
             log::warn!("exposure thread gone: a scheduled job was dropped");
         }
+    }
+
+    /// Waits until every job queued on the exposure thread before this call (teardowns,
+    /// backend-channel requests) has run. Fails with [`ExposureError::Disconnected`] once the
+    /// connection ended.
+    pub fn flush(&self) -> Result<(), ExposureError> {
+        self.run(|_| Ok(()))
     }
 
     /// The connection ended: later requests fail with [`ExposureError::Disconnected`], jobs
@@ -312,11 +353,18 @@ impl Shared {
     }
 
     fn wait_started(&self) -> Result<(), ExposureError> {
-        let state = lock(&self.state);
-        let (state, _) = self
-            .state_changed
-            .wait_timeout_while(state, START_TIMEOUT, |s| !s.started && !s.closed)
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut state = lock(&self.state);
+        if !state.started && !state.closed {
+            state.waiting_for_start += 1;
+            self.state_changed.notify_all();
+            state = self
+                .state_changed
+                .wait_timeout_while(state, START_TIMEOUT, |s| !s.started && !s.closed)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            state.waiting_for_start = state.waiting_for_start.saturating_sub(1);
+            self.state_changed.notify_all();
+        }
         if state.closed {
             Err(ExposureError::Disconnected)
         } else if !state.started {
@@ -478,6 +526,7 @@ impl GuestExposure for VhostExposure {
         if self.is_started() {
             events.flush(&self.shared.mem);
         }
+        self.shared.events_changed.notify_all();
         Ok(())
     }
 
