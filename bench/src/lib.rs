@@ -5,18 +5,25 @@
 //! interleaved rounds (case A, case B, ..., then again), so that machine noise hits every
 //! case alike, and reports the median time per operation of each case and its ratio to the
 //! table's baseline. Used by the `compare` binary and by the criterion benches.
+//!
+//! [`roundtrip`] drives the real session through the vhost-user device; [`solver`] holds the
+//! solver bench's requests.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Bench code: a failed setup or operation aborts the measurement, which is what these lints
+// would otherwise forbid.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod roundtrip;
+pub mod solver;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bufbroker::heap::{BufferPool, Heap, MemfdHeap, PoolLimits};
+use bufbroker::session::{Lookup, PlanCache, Resolution, wire_request};
 use bufbroker_proto::solver::{LayoutRules, SolveOptions, compute_layout};
-use bufbroker_proto::{
-    ConstraintSet, Fourcc, HeapInfo, Modifier, Participant, ParticipantId, Request, Usage,
-    solve_with,
-};
+use bufbroker_proto::wire::{self, Message, Solve};
+use bufbroker_proto::{Fourcc, HeapInfo, Modifier, Request, solve_with};
 use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
 use rutabaga_gfx::{
     DrmFormat, ImageAllocationInfo, RutabagaGralloc, RutabagaGrallocBackendFlags,
@@ -29,6 +36,8 @@ pub struct Case<'a> {
     pub name: String,
     /// Runs the operation once.
     pub run: Box<dyn FnMut() + 'a>,
+    /// Operations one run does (reported times are per operation).
+    pub per_run: u32,
 }
 
 impl<'a> Case<'a> {
@@ -37,11 +46,21 @@ impl<'a> Case<'a> {
         Case {
             name: name.into(),
             run: Box::new(run),
+            per_run: 1,
+        }
+    }
+
+    /// A case whose one run does `n` operations.
+    pub fn batch(name: impl Into<String>, n: u32, run: impl FnMut() + 'a) -> Self {
+        Case {
+            per_run: n.max(1),
+            ..Case::new(name, run)
         }
     }
 }
 
-/// The median time per operation of each case, in case order.
+/// The median time per operation of each case, in case order (a case's run divided by its
+/// [`Case::per_run`]).
 pub fn compare(cases: &mut [Case<'_>], rounds: usize, round_time: Duration) -> Vec<Duration> {
     // Calibrate: iterations per round so that one round of a case takes about `round_time`.
     let iters: Vec<u64> = cases
@@ -69,7 +88,7 @@ pub fn compare(cases: &mut [Case<'_>], rounds: usize, round_time: Duration) -> V
             for _ in 0..n {
                 (c.run)();
             }
-            s.push(t.elapsed().as_secs_f64() / n as f64);
+            s.push(t.elapsed().as_secs_f64() / n as f64 / f64::from(c.per_run));
         }
     }
     samples
@@ -95,24 +114,35 @@ pub fn human(d: Duration) -> String {
 
 /// A request from the CPU alone for a linear image, as a layout query.
 pub fn cpu_request(fourcc: Fourcc, width: u32, height: u32) -> Request {
-    let usage = Usage::CPU_READ | Usage::CPU_WRITE;
-    Request {
-        width,
-        height,
-        formats: vec![fourcc],
-        usage,
-        participants: vec![Participant::new(
-            ParticipantId::Cpu,
-            "cpu",
-            usage,
-            ConstraintSet::default(),
-        )],
-        count: 1,
+    bufbroker_tests::session::cpu_request(fourcc, width, height, 1, "cpu")
+}
+
+/// Percentiles (`ps`, each 0..=100) of single calls of `f`, over `calls` calls after a
+/// warm-up of a tenth of them.
+pub fn percentiles(calls: usize, ps: &[usize], mut f: impl FnMut()) -> Vec<Duration> {
+    for _ in 0..calls / 10 {
+        f();
     }
+    let mut times: Vec<Duration> = (0..calls)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    ps.iter()
+        .map(|p| {
+            let i = (times.len() * p / 100).min(times.len().saturating_sub(1));
+            times.get(i).copied().unwrap_or_default()
+        })
+        .collect()
 }
 
 /// Layout-query cases for one image: rutabaga's requirements query, bufbroker's layout
-/// arithmetic, and bufbroker's full solve for the CPU alone.
+/// arithmetic, bufbroker's full solve for the CPU alone, and the plan-cache hit that answers
+/// the same query when it repeats (as a session does it: the request's bytes as received,
+/// looked up).
 pub fn layout_cases<'a>(
     gralloc: &'a mut RutabagaGralloc,
     name: &str,
@@ -150,8 +180,24 @@ pub fn layout_cases<'a>(
         max_plans: 1,
         ..SolveOptions::default()
     };
+    let cache = PlanCache::new(16);
+    let warm = cache.solve(
+        Lookup::new(&request, None, Resolution::UNNAMED),
+        |r| Ok::<_, ()>(r.clone()),
+        &heaps,
+        &options,
+    );
+    assert!(warm.is_ok_and(|o| o.is_ok()), "{name} {width}x{height}");
+    let message = Message::Solve(Solve {
+        request: request.clone(),
+    });
+    let received = wire::encode(&message, 1).unwrap();
     cases.push(Case::new("bufbroker solve (cpu, linear)", move || {
         black_box(solve_with(black_box(&request), &heaps, &options).ok());
+    }));
+    cases.push(Case::new("bufbroker plan-cache hit (repeat)", move || {
+        let key = wire_request(&message, black_box(&received)).unwrap();
+        black_box(cache.get_encoded(Resolution::UNNAMED, key).unwrap());
     }));
     cases
 }

@@ -37,6 +37,13 @@ pub struct ServeLocalArgs {
     /// heap, default quotas, no named host participants.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// A host VFIO device to open at start-up as named participant NAME (default: the
+    /// address), e.g. `edu=0000:00:04.0`; repeatable. It must be bound to vfio-pci already
+    /// (`[vfio.NAME] bind = true` in the configuration binds it). Owners use it when their
+    /// `participants` allow-list names it.
+    #[arg(long = "vfio-device", value_name = "[NAME=]ADDRESS")]
+    pub vfio_devices: Vec<String>,
 }
 
 /// Arguments of `bufbroker serve`.
@@ -67,6 +74,13 @@ pub struct ServeArgs {
     /// socket's file name. Without it: every discovered heap, default quotas.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+
+    /// A host VFIO device to open at start-up as named participant NAME (default: the
+    /// address), e.g. `edu=0000:00:04.0`; repeatable. It must be bound to vfio-pci already
+    /// (`[vfio.NAME] bind = true` in the configuration binds it). Owners use it when their
+    /// `participants` allow-list names it.
+    #[arg(long = "vfio-device", value_name = "[NAME=]ADDRESS")]
+    pub vfio_devices: Vec<String>,
 
     /// Also serve host processes on this unix socket, with the same buffers and grants.
     #[arg(long, value_name = "PATH")]

@@ -17,6 +17,7 @@ use thiserror::Error;
 
 use crate::constraints_file::{self, ConstraintFileError};
 use crate::heap::PoolLimits;
+use crate::vfio::VfioSource;
 
 /// Errors loading the configuration.
 #[derive(Debug, Error)]
@@ -57,6 +58,12 @@ pub enum ConfigError {
         /// What the file holds instead.
         found: String,
     },
+    /// A name is both a `[participants]` entry and a VFIO device, or a device is given twice.
+    #[error("participant name {0:?} is configured twice")]
+    DuplicateParticipant(String),
+    /// A `--vfio-device` argument is malformed.
+    #[error("{0}")]
+    VfioArgument(String),
     /// An owner's allow-list names a participant that is not configured.
     #[error("owner {owner:?} may use participant {participant:?}, which is not configured")]
     UnknownParticipant {
@@ -80,6 +87,9 @@ pub struct Config {
     /// Limits over all owners together.
     #[serde(default)]
     pub global: GlobalLimits,
+    /// Arenas: large memfds mapped into a guest's window once, buffers carved from them.
+    #[serde(default)]
+    pub arenas: ArenaConfig,
     /// Quotas and allowed participants of every owner without its own entry.
     #[serde(default)]
     pub defaults: OwnerPolicy,
@@ -89,6 +99,9 @@ pub struct Config {
     /// Host participants requests may name (`ParticipantId::Named`), by name.
     #[serde(default)]
     pub participants: BTreeMap<String, ParticipantSource>,
+    /// Host VFIO devices, opened at start-up and named like participants.
+    #[serde(default)]
+    pub vfio: BTreeMap<String, VfioSource>,
 }
 
 /// `[heaps]`.
@@ -134,6 +147,48 @@ impl From<PoolConfig> for PoolLimits {
     }
 }
 
+/// `[arenas]`: host-window buffers carved from large sealed memfds ("arenas") that are mapped
+/// into the guest's shared-memory window once (one SHMEM_MAP per arena instead of one per
+/// buffer; every SHMEM_MAP makes QEMU resend its memory table to every vhost-user device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArenaConfig {
+    /// When to carve buffers from arenas.
+    pub mode: ArenaMode,
+    /// Bytes per arena; a larger buffer gets an arena of its own (rounded up to pages).
+    pub size: u64,
+    /// Keep one empty arena mapped for the next allocation instead of unmapping it when its
+    /// last buffer goes. It stays mapped until the guest's session ends.
+    pub keep_warm: bool,
+}
+
+impl Default for ArenaConfig {
+    /// `auto`, 16 MiB, not kept warm.
+    fn default() -> Self {
+        ArenaConfig {
+            mode: ArenaMode::Auto,
+            size: 16 << 20,
+            keep_warm: false,
+        }
+    }
+}
+
+/// `[arenas] mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArenaMode {
+    /// Arenas where `/dev/udmabuf` exists, so every carved buffer gets a dmabuf of its own
+    /// pages to share; one SHMEM_MAP per buffer elsewhere.
+    #[default]
+    Auto,
+    /// Arenas everywhere. Without udmabuf a carved buffer's descriptor is the arena memfd (and
+    /// an offset): a host client importing it can reach the owner's other buffers in that
+    /// arena.
+    Always,
+    /// One SHMEM_MAP per buffer.
+    Never,
+}
+
 /// `[global]`: limits over all owners; 0 means unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -142,7 +197,13 @@ pub struct GlobalLimits {
     pub bytes: u64,
     /// Most buffers allocated.
     pub buffers: u64,
+    /// Most host processes served at once on the local socket; 0 means
+    /// [`DEFAULT_LOCAL_CLIENTS`]. Connections above it are closed at once.
+    pub local_clients: u32,
 }
+
+/// Local-socket clients served at once when `[global] local_clients` is 0.
+pub const DEFAULT_LOCAL_CLIENTS: u32 = 256;
 
 /// `[defaults]` and `[owners."name"]`: every field optional so an override names only what
 /// it changes.
@@ -205,36 +266,71 @@ pub struct ParticipantSource {
 impl Config {
     /// Parses `text` as the configuration file at `path`.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string().trim_end().replace('\n', "\n    "),
-        })?;
+        let config = Self::parse_unchecked(path, text)?;
         config.check_allow_lists()?;
         Ok(config)
     }
 
+    fn parse_unchecked(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', "\n    "),
+        })
+    }
+
     /// Reads and parses the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut config = Self::parse(path, &text)?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        for source in config.participants.values_mut() {
-            if source.file.is_relative() {
-                source.file = base.join(&source.file);
+        Self::load_with_vfio(Some(path), &[])
+    }
+
+    /// The file at `path` (or the defaults without one) plus the VFIO devices of the command
+    /// line (`--vfio-device [NAME=]ADDRESS`); allow-lists may name either.
+    pub fn load_with_vfio(path: Option<&Path>, devices: &[String]) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let mut config = Self::parse_unchecked(path, &text)?;
+                let base = path.parent().unwrap_or(Path::new("."));
+                for source in config.participants.values_mut() {
+                    if source.file.is_relative() {
+                        source.file = base.join(&source.file);
+                    }
+                }
+                for source in config.vfio.values_mut() {
+                    crate::vfio::resolve_profile(base, source);
+                }
+                config
+            }
+            None => Config::default(),
+        };
+        for arg in devices {
+            let (name, source) = VfioSource::from_arg(arg).map_err(ConfigError::VfioArgument)?;
+            if config.vfio.insert(name.clone(), source).is_some() {
+                return Err(ConfigError::DuplicateParticipant(name));
             }
         }
+        config.check_allow_lists()?;
         Ok(config)
     }
 
     fn check_allow_lists(&self) -> Result<(), ConfigError> {
+        if let Some(name) = self
+            .vfio
+            .keys()
+            .find(|n| self.participants.contains_key(*n))
+        {
+            return Err(ConfigError::DuplicateParticipant(name.clone()));
+        }
         let owners = std::iter::once(("defaults", &self.defaults))
             .chain(self.owners.iter().map(|(n, p)| (n.as_str(), p)));
         for (owner, policy) in owners {
             for participant in policy.participants.iter().flatten() {
-                if !self.participants.contains_key(participant) {
+                if !self.participants.contains_key(participant)
+                    && !self.vfio.contains_key(participant)
+                {
                     return Err(ConfigError::UnknownParticipant {
                         owner: owner.to_owned(),
                         participant: participant.clone(),
@@ -351,6 +447,32 @@ mod tests {
         );
         assert_eq!((other.quota.buffers, other.admin), (5, false));
         assert_eq!(other.quota.in_flight, Quota::DEFAULT.in_flight);
+    }
+
+    #[test]
+    fn vfio_devices_from_file_and_command_line_may_be_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("b.toml");
+        std::fs::write(
+            &file,
+            "[defaults]\nparticipants = [\"edu\", \"nic\"]\n\
+             [vfio.edu]\naddress = \"0000:00:04.0\"\nprofile = \"edu.toml\"\nbind = true\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            Config::load(&file),
+            Err(ConfigError::UnknownParticipant { .. })
+        ));
+        let config = Config::load_with_vfio(Some(&file), &["nic=0000:00:05.0".into()]).unwrap();
+        assert_eq!(
+            config.vfio["edu"].profile,
+            Some(dir.path().join("edu.toml"))
+        );
+        assert!(config.vfio["edu"].bind);
+        assert_eq!(config.vfio["nic"].address, "0000:00:05.0");
+        assert_eq!(config.policy("vm").participants, ["edu", "nic"]);
+        let twice = Config::load_with_vfio(Some(&file), &["edu=0000:00:06.0".into()]);
+        assert!(matches!(twice, Err(ConfigError::DuplicateParticipant(n)) if n == "edu"));
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub enum ConstraintFileError {
         message: String,
     },
     /// A participant breaks a limit.
-    #[error("{path}: participant {label:?}: {source}")]
+    #[error("{path}: participant {label:?} breaks a limit")]
     Limit {
         /// The file.
         path: PathBuf,

@@ -85,4 +85,12 @@ pub trait GuestExposure: Send + Sync {
 
     /// Calls `f` with the guest's RAM regions (for guest-RAM placement).
     fn with_guest_memory(&self, f: &mut dyn FnMut(&[GuestRegion<'_>]));
+
+    /// Sends one encoded `Event` message to the guest (the device's event queue). Never
+    /// blocks: with no buffer posted the event is held (bounded) or dropped and counted.
+    /// May be called from any thread.
+    fn send_event(&self, message: &[u8]) -> Result<(), ExposureError> {
+        let _ = message;
+        Err(ExposureError::Unsupported("events"))
+    }
 }

@@ -5,7 +5,7 @@
 //! ([`local`], or the vhost-user device) decodes a message → [`session`] checks negotiation,
 //! policy and quotas → the solver (`bufbroker_proto::solve_with`, through the session's plan
 //! cache) → a [`heap`] allocates → the [`registry`] records it → the transport exposes it
-//! ([`exposure`], or fds over the local socket).
+//! ([`exposure`], or fds over the local socket; IOVA mappings for host [`vfio`] devices).
 
 pub mod args;
 pub mod cli;
@@ -16,4 +16,5 @@ pub mod heap;
 pub mod local;
 pub mod registry;
 pub mod session;
+pub mod vfio;
 pub mod vhost;

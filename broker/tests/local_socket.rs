@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bufbroker::config::Config;
 use bufbroker::heap::{Heap, MemfdHeap};
@@ -64,12 +64,12 @@ fn allocate(width: u32, height: u32, count: u32) -> Message {
     })
 }
 
-/// Waits until the broker holds no memory (a client's session ends on its own thread).
+/// Waits until the broker holds no memory (a client's session ends on its own thread);
+/// returns what it holds then.
 fn wait_until_empty(broker: &Broker) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while broker.registry().total_bytes() != 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    broker
+        .registry()
+        .wait_until(Duration::from_secs(5), |r| r.total_bytes() == 0);
     broker.registry().total_bytes()
 }
 
@@ -229,4 +229,22 @@ fn binding_over_a_live_socket_fails() {
     let f = start(Config::default());
     let err = LocalServer::bind(&f.path, f.broker.clone()).unwrap_err();
     assert!(err.to_string().contains("in use"), "{err}");
+}
+
+#[test]
+fn clients_over_the_limit_are_closed_and_the_connected_ones_keep_being_served() {
+    let config = Config::parse(
+        std::path::Path::new("test.toml"),
+        "[global]\nlocal_clients = 1\n",
+    )
+    .unwrap();
+    let f = start(config);
+    let (mut first, _) = Client::connect_hello(&f.path, Features::all()).unwrap();
+
+    let refused = Client::connect_hello(&f.path, Features::all());
+    assert!(refused.is_err(), "a second client was served");
+
+    let (reply, fds) = first.request(&allocate(64, 64, 1)).unwrap();
+    assert!(matches!(reply, Message::AllocateReply(_)), "{reply:?}");
+    assert_eq!(fds.len(), 1);
 }

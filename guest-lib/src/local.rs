@@ -26,7 +26,7 @@ use rustix::net::{
 use crate::transport::{Transport, TransportError};
 
 /// Most fds one message may carry (one per buffer of the largest `Allocate`).
-pub const MAX_FDS_PER_MESSAGE: usize = 64;
+pub const MAX_FDS_PER_MESSAGE: usize = bufbroker_proto::limits::MAX_BUFFER_COUNT as usize;
 /// Most events kept while waiting for replies; older ones are dropped (with a log line).
 pub const MAX_QUEUED_EVENTS: usize = 256;
 /// Default time to wait for a reply.
@@ -302,8 +302,17 @@ impl Transport for LocalTransport {
         self.send(request)?;
         let deadline = Instant::now() + self.timeout;
         loop {
-            match self.recv_message(Some(deadline))? {
-                None => return Err(TransportError::Timeout(self.timeout)),
+            let received = self.recv_message(Some(deadline)).inspect_err(|_| {
+                // A failed read may leave part of a message (or a late reply) in the socket:
+                // every later reply would be read out of step, so the connection is done.
+                self.broken = true;
+            })?;
+            match received {
+                None => {
+                    // The reply may still come, and would then answer the next request.
+                    self.broken = true;
+                    return Err(TransportError::Timeout(self.timeout));
+                }
                 Some((msg, _fds)) if is_event(&msg) => self.queue_event(msg),
                 Some(reply) => return Ok(reply),
             }

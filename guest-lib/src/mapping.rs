@@ -49,6 +49,9 @@ pub enum MapError {
     /// A zero-length mapping was requested.
     #[error("cannot map zero bytes")]
     Empty,
+    /// A write to a read-only mapping.
+    #[error("the mapping is read-only")]
+    ReadOnly,
 }
 
 /// A mapping this process owns: unmapped on drop.
@@ -56,6 +59,7 @@ pub enum MapError {
 pub struct MappedRegion {
     ptr: NonNull<u8>,
     len: usize,
+    writable: bool,
 }
 
 // SAFETY: the region is plain memory addressed through a raw pointer; every access goes
@@ -111,7 +115,7 @@ impl MappedRegion {
             source: e.into(),
         })?;
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(MapError::Empty)?;
-        Ok(MappedRegion { ptr, len })
+        Ok(MappedRegion { ptr, len, writable })
     }
 
     /// Maps a file (memfd, dmabuf) that must hold at least `needed` bytes; the mapping covers
@@ -216,8 +220,10 @@ impl BufferMap {
     /// Copies `data` into the buffer at `at`.
     pub fn write_at(&self, at: usize, data: &[u8]) -> Result<(), MapError> {
         self.check(at, data.len())?;
+        self.check_writable()?;
         // SAFETY: `at + data.len() <= self.len` (checked), and `offset + len` lies inside the
-        // live, writable mapping (checked in `new`; the Arc keeps it mapped). `data` is a Rust
+        // live mapping (checked in `new`; the Arc keeps it mapped), which was mapped writable
+        // (checked just above). `data` is a Rust
         // slice and cannot overlap the mapping through a reference, since none is ever made.
         unsafe {
             std::ptr::copy_nonoverlapping(data.as_ptr(), self.as_ptr().add(at), data.len());
@@ -238,9 +244,18 @@ impl BufferMap {
     /// Sets `len` bytes at `at` to `value`.
     pub fn fill(&self, at: usize, len: usize, value: u8) -> Result<(), MapError> {
         self.check(at, len)?;
-        // SAFETY: as in `write_at`: the range is inside the live, writable mapping.
+        self.check_writable()?;
+        // SAFETY: as in `write_at`: the range is inside the live mapping, mapped writable.
         unsafe { std::ptr::write_bytes(self.as_ptr().add(at), value, len) };
         Ok(())
+    }
+
+    fn check_writable(&self) -> Result<(), MapError> {
+        if self.region.writable {
+            Ok(())
+        } else {
+            Err(MapError::ReadOnly)
+        }
     }
 
     fn check(&self, at: usize, len: usize) -> Result<(), MapError> {
@@ -263,6 +278,21 @@ mod tests {
         let fd = rustix::fs::memfd_create("test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
         rustix::fs::ftruncate(&fd, len).unwrap();
         fd
+    }
+
+    #[test]
+    fn writing_a_read_only_mapping_is_an_error_not_a_fault() {
+        let fd = memfd(4096);
+        let region = Arc::new(MappedRegion::map_fd(fd.as_fd(), 4096, false).unwrap());
+        let map = BufferMap::new(region, 0, 4096).unwrap();
+        assert!(matches!(
+            map.write_at(0, &[1, 2, 3]),
+            Err(MapError::ReadOnly)
+        ));
+        assert!(matches!(map.fill(0, 16, 0xff), Err(MapError::ReadOnly)));
+        let mut out = [9u8; 4];
+        map.read_at(0, &mut out).unwrap();
+        assert_eq!(out, [0; 4]);
     }
 
     #[test]

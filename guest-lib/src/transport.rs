@@ -24,8 +24,9 @@ pub enum TransportError {
     /// The peer closed the connection.
     #[error("the broker closed the connection")]
     Closed,
-    /// No reply within the transport's timeout. Virtqueue transports are unusable afterwards
-    /// (the device still owns the buffers); see [`TransportError::Broken`].
+    /// No reply within the transport's timeout. Every transport is unusable afterwards (the
+    /// device still owns the buffers; a late reply on a socket would answer the next request);
+    /// see [`TransportError::Broken`].
     #[error("no reply within {0:?}")]
     Timeout(Duration),
     /// An earlier failure left the transport in an unknown state; reconnect (or reset the device).

@@ -420,3 +420,29 @@ fn hostile_garbage_replies_never_panic() {
         }
     }
 }
+
+#[test]
+fn a_reply_that_comes_after_the_timeout_never_answers_the_next_request() {
+    let (a, b) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let mut t = LocalTransport::from_fd(a).unwrap();
+    t.set_timeout(Duration::from_millis(50));
+    let ping = wire::encode(&Message::Ping(wire::Ping { payload: vec![1] }), 1).unwrap();
+
+    let first = t.round_trip(&ping);
+    assert!(
+        matches!(first, Err(TransportError::Timeout(_))),
+        "{first:?}"
+    );
+
+    // The broker answers late: the reply is in the socket when the next request goes out.
+    let late = wire::encode(&Message::Pong(wire::Pong { payload: vec![1] }), 1).unwrap();
+    rustix::io::write(&b, &late).unwrap();
+    let second = t.round_trip(&ping);
+    assert!(matches!(second, Err(TransportError::Broken)), "{second:?}");
+}

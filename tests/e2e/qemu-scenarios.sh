@@ -23,7 +23,8 @@
 #   --with-heaps  also run tests/e2e/heap-tests.sh as scenario d
 #   --timeout     per-guest limit in seconds (default 240)
 #   --only LETTERS  run only these scenarios (e.g. --only ae; default abcdef)
-# Environment: E2E_BROKER_WRAPPER (see below), RUST_LOG (the broker's, default info).
+# Environment: E2E_BROKER_WRAPPER (see below), RUST_LOG (the broker's, default info),
+# BUFBROKER_STATIC_TARGET (cargo target folder of the static guest build).
 # Prints "scenario | result | seconds" and exits non-zero if any scenario failed.
 set -euo pipefail
 
@@ -85,7 +86,8 @@ cargo build --quiet --locked --manifest-path "$E2E_REPO_ROOT/Cargo.toml" --targe
 bufbroker=$host_target/debug/bufbroker
 host_client=$host_target/debug/bufbroker-e2e-host
 consumer=$host_target/debug/bufbroker-e2e-consumer
-static_target=$E2E_CACHE/target-static
+# BUFBROKER_STATIC_TARGET: another target folder for the static build (see vfio-tests.sh).
+static_target=${BUFBROKER_STATIC_TARGET:-$E2E_CACHE/target-static}
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --locked \
 	--manifest-path "$E2E_REPO_ROOT/Cargo.toml" --target-dir "$static_target" \
 	--target x86_64-unknown-linux-gnu -p bufbroker-guest --bin bufbroker-guest-selftest
@@ -111,7 +113,7 @@ boot() {
 	timeout --kill-after=10 "$guest_timeout" "$E2E_REPO_ROOT/qemu-configs/qemu-11.1.sh" \
 		--qemu "$E2E_QEMU" --socket "$socket" --kernel "$E2E_VMLINUX" \
 		--initrd "$work/initrd.cpio.gz" --memory 512M --serial "file:$work/$name.serial.log" \
-		--append "console=ttyS0 panic=-1 rdinit=/init loglevel=4 E2E_ROLE=$role E2E_GRANTEE=uid:$uid" \
+		--append "console=ttyS0 panic=-1 rdinit=/init loglevel=4 no_timer_check E2E_ROLE=$role E2E_GRANTEE=uid:$uid" \
 		-- -nodefaults -no-user-config -cpu max -pidfile "$work/$name.pid" \
 		-chardev "pipe,id=sync,path=$work/$name.sync" -serial chardev:sync "$@" \
 		2>"$work/$name.qemu-stderr.log" &

@@ -6,11 +6,14 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use std::os::fd::OwnedFd;
+
 use bufbroker::exposure::GuestExposure;
 use bufbroker::vhost::{
     DeviceConfig, GuestConnection, HandlerFactory, MinimalHandler, RequestHandler, ServeError,
-    StopSignal, Teardown, serve_socket,
+    StopSignal, Teardown, VhostExposure, serve_socket,
 };
+use uuid::Uuid;
 
 use crate::{Context, Result};
 
@@ -80,8 +83,9 @@ impl Drop for TestBroker {
     }
 }
 
-/// A [`HandlerFactory`] that serves with [`MinimalHandler`] and records what the device did
-/// with it: each connection's exposure, and every teardown.
+/// A [`HandlerFactory`] that serves with another factory's handlers ([`MinimalHandler`]
+/// unless told) and records what the device did with them: each connection's exposure, and
+/// every teardown.
 #[derive(Default)]
 pub struct Recorder {
     state: Mutex<RecorderState>,
@@ -90,13 +94,13 @@ pub struct Recorder {
 
 #[derive(Default)]
 struct RecorderState {
-    exposures: Vec<Arc<dyn GuestExposure>>,
+    exposures: Vec<Arc<VhostExposure>>,
     teardowns: Vec<(String, Teardown)>,
 }
 
 struct RecordingHandler {
     name: String,
-    inner: MinimalHandler,
+    inner: Arc<dyn RequestHandler>,
     recorder: Arc<Recorder>,
 }
 
@@ -112,6 +116,10 @@ impl RequestHandler for RecordingHandler {
             .teardowns
             .push((self.name.clone(), why));
         self.recorder.changed.notify_all();
+    }
+
+    fn shared_object(&self, uuid: Uuid) -> Option<OwnedFd> {
+        self.inner.shared_object(uuid)
     }
 }
 
@@ -142,6 +150,13 @@ impl Recorder {
 
     /// The exposure of connection `n` (0 = first), waiting up to `timeout` for it.
     pub fn exposure(&self, n: usize, timeout: Duration) -> Option<Arc<dyn GuestExposure>> {
+        self.vhost_exposure(n, timeout)
+            .map(|e| -> Arc<dyn GuestExposure> { e })
+    }
+
+    /// The exposure of connection `n` as the device's own type (for its counters and
+    /// waits), waiting up to `timeout` for it.
+    pub fn vhost_exposure(&self, n: usize, timeout: Duration) -> Option<Arc<VhostExposure>> {
         let state = self.lock();
         let (state, _) = self
             .changed
@@ -151,15 +166,23 @@ impl Recorder {
     }
 }
 
-/// Wraps a recorder as a factory.
+/// Wraps a recorder as a factory of [`MinimalHandler`]s.
 pub fn recording_factory(recorder: &Arc<Recorder>) -> Arc<dyn HandlerFactory> {
+    recording(recorder, MinimalHandler::factory())
+}
+
+/// Wraps a recorder around `inner`, which makes the handlers.
+pub fn recording(
+    recorder: &Arc<Recorder>,
+    inner: Arc<dyn HandlerFactory>,
+) -> Arc<dyn HandlerFactory> {
     let recorder = recorder.clone();
     Arc::new(move |guest: GuestConnection| -> Arc<dyn RequestHandler> {
-        recorder.lock().exposures.push(guest.exposure.clone());
+        recorder.lock().exposures.push(guest.vhost.clone());
         recorder.changed.notify_all();
         Arc::new(RecordingHandler {
-            name: guest.name,
-            inner: MinimalHandler::new(),
+            name: guest.name.clone(),
+            inner: inner.connect(guest),
             recorder: recorder.clone(),
         })
     })

@@ -11,6 +11,8 @@
 //!   start, reset and disconnect.
 //! - [`ring::SplitRing`] is the guest driver's side of a split virtqueue, with EVENT_IDX
 //!   (virtio-queue's `MockSplitQueue` lays out 256-entry rings wrongly and never wraps).
+//! - [`session::FullBroker`] is one broker behind the device and a local socket; [`session`]
+//!   also holds the guest's side of a session (Hello, requests, allocations).
 //!
 //! - [`e2e`]: what the host-side binaries of `tests/e2e/qemu-scenarios.sh` share.
 //!
@@ -20,6 +22,7 @@ pub mod broker;
 pub mod e2e;
 pub mod memory;
 pub mod ring;
+pub mod session;
 pub mod vmm;
 
 use thiserror::Error;

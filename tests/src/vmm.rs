@@ -315,6 +315,13 @@ const RING_AREA: u64 = 0x1_0000;
 const DATA_BASE: u64 = 0x10_0000;
 /// Bytes per data slot: a request area and a reply area of half that each.
 pub const SLOT_SIZE: u64 = 192 << 10;
+/// Where event-queue buffers live (below the data slots): [`EVENT_BUFFERS`] of
+/// [`EVENT_BUFFER_BYTES`].
+const EVENT_AREA: u64 = 0x8_0000;
+/// Bytes per event buffer.
+pub const EVENT_BUFFER_BYTES: u32 = 4096;
+/// Event buffers the harness can post at once.
+pub const EVENT_BUFFERS: usize = 128;
 
 /// A connected VMM with a guest driver: see the crate docs.
 pub struct Vmm {
@@ -331,6 +338,8 @@ pub struct Vmm {
     shmem_size: u64,
     free_slots: Vec<u64>,
     slot_of: Vec<Option<u64>>,
+    /// The event buffer of each outstanding event-queue chain, by head.
+    event_of: Vec<Option<u64>>,
 }
 
 /// Queue count of the device.
@@ -404,6 +413,7 @@ impl Vmm {
                 .map(|i| DATA_BASE + i * SLOT_SIZE)
                 .collect(),
             slot_of: vec![None; usize::from(options.queue_size)],
+            event_of: vec![None; usize::from(options.queue_size)],
             options,
         })
     }
@@ -479,6 +489,7 @@ impl Vmm {
             .map(|i| DATA_BASE + i * SLOT_SIZE)
             .collect();
         self.slot_of = vec![None; usize::from(self.options.queue_size)];
+        self.event_of = vec![None; usize::from(self.options.queue_size)];
         Ok(())
     }
 
@@ -600,6 +611,55 @@ impl Vmm {
                 )));
             }
             self.wait_call(q, left)?;
+        }
+    }
+
+    /// Posts `n` writable buffers of [`EVENT_BUFFER_BYTES`] on the event queue (1) and kicks
+    /// it.
+    pub fn post_event_buffers(&mut self, n: usize) -> Result<()> {
+        for _ in 0..n {
+            let used: Vec<u64> = self.event_of.iter().flatten().copied().collect();
+            let addr = (0..EVENT_BUFFERS as u64)
+                .map(|i| EVENT_AREA + i * u64::from(EVENT_BUFFER_BYTES))
+                .find(|a| !used.contains(a))
+                .ok_or_else(|| HarnessError("every event buffer is posted".into()))?;
+            let head = self.add_raw(
+                1,
+                &[Buf {
+                    addr,
+                    len: EVENT_BUFFER_BYTES,
+                    writable: true,
+                }],
+            )?;
+            if let Some(e) = self.event_of.get_mut(usize::from(head)) {
+                *e = Some(addr);
+            }
+        }
+        self.kick(1)
+    }
+
+    /// Waits up to `timeout` for the device to fill an event buffer; returns its bytes.
+    pub fn wait_event(&mut self, timeout: Duration) -> Result<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mem = self.mem.clone();
+            if let Some((head, len)) = self.ring(1)?.pop_used(&mem)? {
+                let addr = self
+                    .event_of
+                    .get_mut(usize::from(head))
+                    .and_then(Option::take)
+                    .ok_or_else(|| HarnessError(format!("event head {head} was not posted")))?;
+                let mut event = vec![0u8; len as usize];
+                self.mem
+                    .read_slice(&mut event, GuestAddress(addr))
+                    .context("reading an event")?;
+                return Ok(event);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(HarnessError(format!("no event within {timeout:?}")));
+            }
+            self.wait_call(1, left)?;
         }
     }
 

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use bufbroker::exposure::{ExposureError, GuestRegion};
+use bufbroker::exposure::{ExposureError, GuestExposure, GuestRegion};
 use bufbroker::vhost::DeviceConfig;
 use bufbroker_proto::wire::{self, Message, Ping};
 use bufbroker_tests::broker::{Recorder, TestBroker, recording_factory};
@@ -51,13 +51,17 @@ fn shmem_map_waits_for_the_device_to_start_then_reaches_the_vmm() {
     let recorder = Recorder::new();
     let broker = broker(&recorder, 1 << 20);
     let mut vmm = Vmm::connect(broker.socket(), VmmOptions::default()).unwrap();
-    let exposure = recorder.exposure(0, WAIT).unwrap();
+    let exposure = recorder.vhost_exposure(0, WAIT).unwrap();
     let buffer = memfd(2 * PAGE, 0x5a);
 
-    let mapper = std::thread::spawn(move || {
-        exposure.map_window(buffer.as_fd(), 0, 4 * PAGE, 2 * PAGE, true)
-    });
-    std::thread::sleep(Duration::from_millis(200));
+    let mapper = {
+        let exposure = exposure.clone();
+        std::thread::spawn(move || exposure.map_window(buffer.as_fd(), 0, 4 * PAGE, 2 * PAGE, true))
+    };
+    assert!(
+        exposure.wait_for_start_waiters(1, WAIT),
+        "the map never waited for the device to start"
+    );
     assert!(
         vmm.channel.events().is_empty(),
         "mapped before the device started"

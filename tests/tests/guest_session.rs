@@ -11,94 +11,31 @@
     clippy::panic
 )]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bufbroker::config::Config;
 use bufbroker::heap::Mapping;
-use bufbroker::local::{Client, LocalServer};
-use bufbroker::session::{Broker, guest_factory};
-use bufbroker::vhost::DeviceConfig;
+use bufbroker::local::Client;
+use bufbroker_proto::Request;
 use bufbroker_proto::wire::{
-    self, Access, Allocate, ErrorCode, Export, Features, Free, Grant, Hello, Import, ImportView,
-    Location, Message, Placement,
+    self, Access, ErrorCode, Export, Features, Free, Grant, Import, ImportView, Location, Message,
 };
-use bufbroker_proto::{ConstraintSet, Participant, ParticipantId, Request, Usage};
-use bufbroker_tests::broker::TestBroker;
+use bufbroker_tests::session::{self, FullBroker, NV12, allocate_host_window, ask, cpu_request};
 use bufbroker_tests::vmm::{ChannelEvent, Vmm, VmmOptions};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-struct Setup {
-    broker: Arc<Broker>,
-    device: TestBroker,
-    local: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-fn setup() -> Setup {
-    let broker = Arc::new(Broker::from_config(Config::default()).unwrap());
-    let device = TestBroker::start(
-        guest_factory(broker.clone()),
-        DeviceConfig {
-            shmem_size: 64 << 20,
-            ..DeviceConfig::default()
-        },
-    )
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let local = dir.path().join("local.sock");
-    let server = LocalServer::bind(&local, broker.clone()).unwrap();
-    std::thread::spawn(move || server.serve());
-    Setup {
-        broker,
-        device,
-        local,
-        _dir: dir,
-    }
-}
-
-fn ask(vmm: &mut Vmm, id: u32, message: &Message) -> Message {
-    let bytes = vmm
-        .request(&wire::encode(message, id).unwrap(), 64 * 1024)
-        .unwrap();
-    let (header, reply) = wire::decode(&bytes).unwrap();
-    assert_eq!(header.request_id, id);
-    reply
+fn setup() -> FullBroker {
+    FullBroker::start(Config::default(), 64 << 20).unwrap()
 }
 
 fn hello(vmm: &mut Vmm) {
-    let reply = ask(
-        vmm,
-        1,
-        &Message::Hello(Hello {
-            min_version: wire::MIN_PROTOCOL_VERSION,
-            max_version: wire::PROTOCOL_VERSION,
-            features: Features::all(),
-            client: "harness guest".into(),
-        }),
-    );
-    let Message::HelloReply(r) = reply else {
-        panic!("expected HelloReply, got {reply:?}")
-    };
-    assert!(r.features.contains(Features::HOST_WINDOW));
+    let reply = session::hello(vmm, Features::all(), "harness guest").unwrap();
+    assert!(reply.features.contains(Features::HOST_WINDOW));
 }
 
 fn nv12_1080p() -> Request {
-    let usage = Usage::CPU_READ | Usage::CPU_WRITE;
-    Request {
-        width: 1920,
-        height: 1080,
-        formats: vec!["NV12".parse().unwrap()],
-        usage,
-        participants: vec![Participant::new(
-            ParticipantId::Cpu,
-            "guest cpu",
-            usage,
-            ConstraintSet::default(),
-        )],
-        count: 1,
-    }
+    cpu_request(NV12, 1920, 1080, 1, "guest cpu")
 }
 
 #[test]
@@ -108,14 +45,7 @@ fn guest_buffer_in_the_window_is_the_host_clients_buffer() {
     hello(&mut vmm);
 
     // The guest allocates NV12 1080p in the host window.
-    let reply = ask(
-        &mut vmm,
-        2,
-        &Message::Allocate(Allocate {
-            request: nv12_1080p(),
-            placement: Placement::HostWindow,
-        }),
-    );
+    let reply = allocate_host_window(&mut vmm, 2, nv12_1080p()).unwrap();
     let Message::AllocateReply(alloc) = reply else {
         panic!("expected AllocateReply, got {reply:?}")
     };
@@ -134,7 +64,7 @@ fn guest_buffer_in_the_window_is_the_host_clients_buffer() {
     );
 
     // It exports and grants it to the host process (root on the local socket).
-    let reply = ask(&mut vmm, 3, &Message::Export(Export { buffer: buffer.id }));
+    let reply = ask(&mut vmm, 3, &Message::Export(Export { buffer: buffer.id })).unwrap();
     let Message::ExportReply(export) = reply else {
         panic!("expected ExportReply, got {reply:?}")
     };
@@ -148,7 +78,8 @@ fn guest_buffer_in_the_window_is_the_host_clients_buffer() {
             grantee: format!("uid:{uid}"),
             access: Access::ReadWrite,
         }),
-    );
+    )
+    .unwrap();
     assert!(matches!(reply, Message::GrantReply(_)), "{reply:?}");
 
     // The host process imports it, receives the fd, and writes a pattern.
@@ -187,14 +118,7 @@ fn guest_reset_frees_its_buffers_and_unmaps_the_window() {
     let mut vmm = Vmm::connect_and_start(s.device.socket(), VmmOptions::default()).unwrap();
     hello(&mut vmm);
     for id in 2..5 {
-        let reply = ask(
-            &mut vmm,
-            id,
-            &Message::Allocate(Allocate {
-                request: nv12_1080p(),
-                placement: Placement::HostWindow,
-            }),
-        );
+        let reply = allocate_host_window(&mut vmm, id, nv12_1080p()).unwrap();
         assert!(matches!(reply, Message::AllocateReply(_)), "{reply:?}");
     }
     assert!(s.broker.registry().total_bytes() > before);
@@ -217,7 +141,8 @@ fn guest_reset_frees_its_buffers_and_unmaps_the_window() {
         &Message::Free(Free {
             buffer: wire::BufferId(1),
         }),
-    );
+    )
+    .unwrap();
     let Message::ErrorReply(e) = reply else {
         panic!("expected ErrorReply, got {reply:?}")
     };

@@ -45,7 +45,10 @@ fn reset_calls_teardown_once_and_the_restarted_device_serves() {
     vmm.start().unwrap();
     let reply = vmm.request(&ping(2), 4096).unwrap();
     assert_eq!(wire::decode(&reply).unwrap().0.request_id, 2);
-    std::thread::sleep(Duration::from_millis(50));
+    // Teardowns run on the exposure thread, not in order with replies: a second one the
+    // restart scheduled has run once the jobs queued before now have.
+    let exposure = recorder.vhost_exposure(0, WAIT).unwrap();
+    exposure.flush().unwrap();
     assert_eq!(recorder.teardowns().len(), 1);
 }
 

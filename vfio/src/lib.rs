@@ -10,10 +10,13 @@
 //!    [`bufbroker_proto::Participant`];
 //! 5. [`dma`]: map broker buffers (fd + offset + length) at IOVAs the participant's
 //!    constraints allow ([`iova`]), unmapped when the mapping is dropped.
+//!
+//! [`edu`] is QEMU's `edu` test device, which the end-to-end tests drive.
 
 pub mod derive;
 pub mod device;
 pub mod dma;
+pub mod edu;
 pub mod info;
 pub mod iova;
 pub mod profile;

@@ -18,44 +18,19 @@ use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bufbroker_proto::{
     ConstraintSet, HeapInfo, Participant, ParticipantId, Request, SolveError, Usage, solve,
 };
-use bufbroker_vfio::{
-    DmaError, DmaSpace, Profiles, VfioDevice, derive_participant, device::Region, sysfs,
-};
-
-const EDU_VENDOR: u16 = 0x1234;
-const EDU_DEVICE: u16 = 0x11e8;
-/// edu BAR0 registers (QEMU docs/specs/edu.rst).
-const EDU_ID: u64 = 0x00;
-const EDU_LIVENESS: u64 = 0x04;
-const EDU_DMA_SRC: u64 = 0x80;
-const EDU_DMA_DST: u64 = 0x88;
-const EDU_DMA_COUNT: u64 = 0x90;
-const EDU_DMA_CMD: u64 = 0x98;
-const EDU_CMD_START: u64 = 1;
-const EDU_CMD_TO_RAM: u64 = 2;
-/// edu's internal DMA buffer (DMA_START) and its size (DMA_SIZE).
-const EDU_DMA_BUF: u64 = 0x40000;
-const EDU_DMA_SIZE: u64 = 4096;
+use bufbroker_vfio::edu::{self, Bar0};
+use bufbroker_vfio::{DmaError, DmaSpace, Profiles, VfioDevice, derive_participant, sysfs};
 
 /// The edu device bound to vfio-pci, or `None` (test skipped) when there is none and
 /// devices are not required.
 fn edu() -> Option<String> {
-    let found = sysfs::find_pci(EDU_VENDOR, EDU_DEVICE);
-    let Some(name) = found.first() else {
-        assert!(
-            std::env::var_os("BUFBROKER_REQUIRE_DEVICES").is_none(),
-            "no edu device (1234:11e8) and BUFBROKER_REQUIRE_DEVICES is set"
-        );
-        eprintln!("skipped: no edu device (1234:11e8)");
-        return None;
-    };
-    sysfs::bind_vfio_pci(name).unwrap();
-    Some(name.clone())
+    let name = edu::address_or_skip().unwrap()?;
+    sysfs::bind_vfio_pci(&name).unwrap();
+    Some(name)
 }
 
 fn derived(dev: &VfioDevice) -> (bufbroker_vfio::DeviceInfo, Participant) {
@@ -71,51 +46,6 @@ fn memfd(len: u64) -> File {
     File::from(fd)
 }
 
-struct Bar0<'a> {
-    dev: &'a VfioDevice,
-    region: Region,
-}
-
-impl Bar0<'_> {
-    fn read32(&self, off: u64) -> u32 {
-        let mut b = [0u8; 4];
-        self.dev.read_region(&self.region, off, &mut b).unwrap();
-        u32::from_le_bytes(b)
-    }
-    fn write32(&self, off: u64, v: u32) {
-        self.dev
-            .write_region(&self.region, off, &v.to_le_bytes())
-            .unwrap();
-    }
-    fn read64(&self, off: u64) -> u64 {
-        let mut b = [0u8; 8];
-        self.dev.read_region(&self.region, off, &mut b).unwrap();
-        u64::from_le_bytes(b)
-    }
-    fn write64(&self, off: u64, v: u64) {
-        self.dev
-            .write_region(&self.region, off, &v.to_le_bytes())
-            .unwrap();
-    }
-
-    /// One edu DMA transfer; waits until the engine clears its start bit.
-    fn dma(&self, src: u64, dst: u64, count: u64, to_ram: bool) {
-        self.write64(EDU_DMA_SRC, src);
-        self.write64(EDU_DMA_DST, dst);
-        self.write64(EDU_DMA_COUNT, count);
-        let dir = if to_ram { EDU_CMD_TO_RAM } else { 0 };
-        self.write64(EDU_DMA_CMD, EDU_CMD_START | dir);
-        let t0 = Instant::now();
-        while self.read64(EDU_DMA_CMD) & EDU_CMD_START != 0 {
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "edu DMA did not finish"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-}
-
 /// Opens edu, reads its ids and IOMMU facts, derives its 28-bit constraint set; prints the
 /// recorded `DeviceInfo` (the source of `tests/data/edu-intel-iommu.toml`).
 #[test]
@@ -125,7 +55,10 @@ fn edu_info_derives_28_bit_constraints() {
     let (info, p) = derived(&dev);
     println!("# recorded DeviceInfo\n{}", toml::to_string(&info).unwrap());
     println!("# derived participant\n{}", toml::to_string(&p).unwrap());
-    assert_eq!((info.ids.vendor, info.ids.device), (EDU_VENDOR, EDU_DEVICE));
+    assert_eq!(
+        (info.ids.vendor, info.ids.device),
+        (edu::VENDOR, edu::DEVICE)
+    );
     // QEMU's PCI_CLASS_OTHERS is 0x00ff (base class 0x00, subclass 0xff), prog-if 0.
     assert_eq!(info.ids.class, 0x00ff00, "edu's class code");
     assert!(!info.iommu.iova_ranges.is_empty(), "IOVA ranges reported");
@@ -145,17 +78,14 @@ fn edu_dma_round_trip_through_iommu() {
     let dev = VfioDevice::open(&name).unwrap();
     let (info, p) = derived(&dev);
     dev.enable_bus_master().unwrap();
-    let bar0 = Bar0 {
-        dev: &dev,
-        region: dev.region(0).unwrap(),
-    };
+    let bar0 = Bar0::new(&dev).unwrap();
     assert_eq!(
-        bar0.read32(EDU_ID) & 0xff,
+        bar0.read32(edu::ID).unwrap() & 0xff,
         0xed,
         "edu identification register"
     );
-    bar0.write32(EDU_LIVENESS, 0x1234_5678);
-    assert_eq!(bar0.read32(EDU_LIVENESS), !0x1234_5678u32);
+    bar0.write32(edu::LIVENESS, 0x1234_5678).unwrap();
+    assert_eq!(bar0.read32(edu::LIVENESS).unwrap(), !0x1234_5678u32);
 
     let space = DmaSpace::new(
         Arc::clone(dev.container()),
@@ -168,16 +98,18 @@ fn edu_dma_round_trip_through_iommu() {
     assert!(map.iova() + map.len() <= 1 << 28, "IOVA {:#x}", map.iova());
     assert_eq!(space.mapped(), 1);
 
-    let pattern: Vec<u8> = (0..EDU_DMA_SIZE).map(|i| (i * 7 + 3) as u8).collect();
+    let pattern: Vec<u8> = (0..edu::DMA_SIZE).map(|i| (i * 7 + 3) as u8).collect();
     map.write_at(0, &pattern).unwrap();
-    bar0.dma(map.iova(), EDU_DMA_BUF, EDU_DMA_SIZE, false);
-    bar0.dma(EDU_DMA_BUF, map.iova() + 0x8000, EDU_DMA_SIZE, true);
+    bar0.dma(map.iova(), edu::DMA_BUF, edu::DMA_SIZE, false)
+        .unwrap();
+    bar0.dma(edu::DMA_BUF, map.iova() + 0x8000, edu::DMA_SIZE, true)
+        .unwrap();
 
-    let mut back = vec![0u8; EDU_DMA_SIZE as usize];
+    let mut back = vec![0u8; edu::DMA_SIZE as usize];
     map.read_at(0x8000, &mut back).unwrap();
     assert_eq!(back, pattern, "bytes through the mapping");
     // The same bytes through the memfd itself: the device wrote the broker buffer.
-    let mut via_fd = vec![0u8; EDU_DMA_SIZE as usize];
+    let mut via_fd = vec![0u8; edu::DMA_SIZE as usize];
     buf.read_exact_at(&mut via_fd, 0x8000).unwrap();
     assert_eq!(via_fd, pattern, "bytes through the fd");
 

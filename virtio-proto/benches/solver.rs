@@ -10,89 +10,11 @@
 
 use std::hint::black_box;
 
+use bufbroker_proto::bench_support::{heaps, request};
 use bufbroker_proto::{
-    ConstraintSet, FormatInfo, FormatModifiers, HeapInfo, LayoutConstraints, MemoryConstraints,
-    Modifier, Participant, ParticipantId, Request, SolveOptions, Usage, solve_with,
+    ConstraintSet, HeapInfo, Participant, ParticipantId, Request, SolveOptions, Usage, solve_with,
 };
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-
-const MODIFIERS: [Modifier; 4] = [
-    Modifier::I915_Y_TILED,
-    Modifier::I915_X_TILED,
-    Modifier::I915_4_TILED,
-    Modifier::LINEAR,
-];
-
-/// `candidates` (format, modifier) pairs: RGB/YUV formats from the table, four modifiers each.
-fn formats(candidates: usize, rotate: usize) -> Vec<FormatModifiers> {
-    let table = FormatInfo::all();
-    let per_format = MODIFIERS.len();
-    let n_formats = candidates.div_ceil(per_format);
-    (0..n_formats)
-        .map(|i| {
-            let info = &table[(i + rotate) % n_formats % table.len()];
-            let take = per_format.min(candidates - i * per_format);
-            FormatModifiers {
-                fourcc: info.fourcc,
-                modifiers: MODIFIERS[..take].to_vec(),
-            }
-        })
-        .collect()
-}
-
-/// A participant with three alternatives: tiled with large alignments, tiled with small ones,
-/// and a linear fallback.
-fn participant(i: usize, candidates: usize) -> Participant {
-    let alt = |stride: u32, height: u32, heaps: Vec<String>| ConstraintSet {
-        usage: Usage::empty(),
-        formats: formats(candidates, i),
-        layout: LayoutConstraints {
-            stride_alignment: stride,
-            height_alignment: height,
-            offset_alignment: 4096,
-            max_width: 8192,
-            max_height: 8192,
-            ..LayoutConstraints::default()
-        },
-        memory: MemoryConstraints {
-            heaps,
-            address_bits: if i % 3 == 0 { 40 } else { 0 },
-            behind_iommu: true,
-            ..MemoryConstraints::default()
-        },
-        extensions: vec![],
-    };
-    Participant {
-        id: ParticipantId::GuestLocal(i as u32),
-        label: format!("device{i}"),
-        usage: Usage::RENDER,
-        alternatives: vec![
-            alt(256 << (i % 3), 32, vec!["system".into(), "memfd".into()]),
-            alt(128, 16, vec![]),
-            alt(64, 2, vec![]),
-        ],
-    }
-}
-
-fn request(participants: usize, candidates: usize) -> Request {
-    Request {
-        width: 1920,
-        height: 1080,
-        formats: vec![],
-        usage: Usage::empty(),
-        participants: (0..participants)
-            .map(|i| participant(i, candidates))
-            .collect(),
-        count: 1,
-    }
-}
-
-fn heaps() -> Vec<HeapInfo> {
-    ["memfd", "udmabuf", "system", "linux,cma"]
-        .iter()
-        .map(|n| HeapInfo::well_known(n).unwrap())
-        .collect()
-}
 
 fn bench_scaling(c: &mut Criterion) {
     let heaps = heaps();

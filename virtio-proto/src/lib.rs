@@ -10,6 +10,8 @@
 
 #![forbid(unsafe_code)]
 
+#[doc(hidden)]
+pub mod bench_support;
 pub mod check;
 pub mod config_space;
 pub mod constraint;

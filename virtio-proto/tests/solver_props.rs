@@ -11,36 +11,15 @@
 )]
 
 use bufbroker_proto::check::verify_plan;
+use bufbroker_proto::fuzzing::solve_heaps as heaps;
 use bufbroker_proto::solver::LayoutRules;
 use bufbroker_proto::solver::{ConstraintKind as K, ConstraintOwner, SolveOptions, compute_layout};
 use bufbroker_proto::{
-    AddressRange, CacheMode, ConstraintSet, FormatModifiers, Fourcc, HeapInfo, HeapKind,
-    LayoutConstraints, MemoryConstraints, Modifier, Participant, ParticipantId, Plan, Request,
-    SolveError, Usage, solve_with,
+    AddressRange, CacheMode, ConstraintSet, FormatModifiers, Fourcc, HeapInfo, LayoutConstraints,
+    MemoryConstraints, Modifier, Participant, ParticipantId, Plan, Request, SolveError, Usage,
+    solve_with,
 };
 use proptest::prelude::*;
-
-fn heaps() -> Vec<HeapInfo> {
-    vec![
-        HeapInfo::memfd(),
-        HeapInfo {
-            name: "system".into(),
-            kind: HeapKind::DmaHeap,
-            dmabuf: true,
-            ..HeapInfo::memfd()
-        },
-        HeapInfo {
-            name: "cma".into(),
-            kind: HeapKind::DmaHeap,
-            contiguous: true,
-            dmabuf: true,
-            cache_mode: CacheMode::WriteCombined,
-            max_size: 16 << 20,
-            address_bits: 32,
-            ..HeapInfo::memfd()
-        },
-    ]
-}
 
 fn fourcc(n: &str) -> Fourcc {
     n.parse().unwrap()

@@ -102,10 +102,8 @@ pub fn run(args: &ServeArgs) -> ExitCode {
 
 /// The broker: configuration loaded, heaps discovered.
 fn broker(args: &ServeArgs) -> Result<Arc<Broker>, String> {
-    let config = match &args.config {
-        Some(path) => Config::load(path).map_err(|e| error_chain(&e))?,
-        None => Config::default(),
-    };
+    let config = Config::load_with_vfio(args.config.as_deref(), &args.vfio_devices)
+        .map_err(|e| error_chain(&e))?;
     let broker = Broker::from_config(config).map_err(|e| error_chain(&e))?;
     let heaps: Vec<&str> = broker
         .heap_infos()

@@ -21,10 +21,8 @@ pub fn run(args: &ServeLocalArgs) -> ExitCode {
 }
 
 fn serve(args: &ServeLocalArgs) -> Result<(), String> {
-    let config = match &args.config {
-        Some(path) => Config::load(path).map_err(|e| error_chain(&e))?,
-        None => Config::default(),
-    };
+    let config = Config::load_with_vfio(args.config.as_deref(), &args.vfio_devices)
+        .map_err(|e| error_chain(&e))?;
     let broker = Arc::new(Broker::from_config(config).map_err(|e| error_chain(&e))?);
     let names: Vec<&str> = broker
         .heap_infos()

@@ -46,6 +46,7 @@ pub use discover::{
 pub use dma_heap::DmaHeap;
 pub use dmabuf::{CpuAccess, SyncAccess, is_dmabuf};
 pub use mapping::Mapping;
+pub(crate) use memfd::BUFFER_SEALS;
 pub use memfd::{HugePageSize, MemfdHeap};
 pub use pool::{BufferPool, PoolLimits};
 pub use udmabuf::{UdmabufDevice, UdmabufHeap, UdmabufLimits, UdmabufRange};
@@ -208,6 +209,14 @@ pub enum HeapError {
     /// A write was attempted through a read-only mapping.
     #[error("the mapping is read-only")]
     ReadOnly,
+    /// A heap that carves buffers from larger memory (an arena) found no room.
+    #[error("no memory for {size} bytes: {reason}")]
+    NoRoom {
+        /// Bytes asked for.
+        size: u64,
+        /// Why not (window full, map refused).
+        reason: String,
+    },
     /// `DMA_BUF_IOCTL_SYNC` failed.
     #[error("{what} of CPU access to a dmabuf failed")]
     Sync {
@@ -233,6 +242,12 @@ pub trait Heap: Send + Sync + fmt::Debug {
     fn granularity(&self) -> u64 {
         page_size()
     }
+
+    /// Whether the recycling pool may serve this heap's allocations (false for heaps that
+    /// carve memory out of something larger: they recycle it themselves).
+    fn recyclable(&self) -> bool {
+        true
+    }
 }
 
 /// The file descriptors behind a buffer.
@@ -244,6 +259,70 @@ enum Backing {
     Udmabuf { memfd: OwnedFd, dmabuf: OwnedFd },
     /// A dmabuf with no memfd behind it (dma-heap).
     DmaBuf(OwnedFd),
+    /// Part of a larger memfd (an arena, guest RAM).
+    Carved(Carved),
+}
+
+/// A range of a memfd that holds (part of) a buffer.
+#[derive(Debug, Clone)]
+pub struct MemfdRange {
+    /// The memfd (shared with the other buffers carved from it).
+    pub memfd: Arc<OwnedFd>,
+    /// Page-aligned offset of the range in the memfd.
+    pub offset: u64,
+    /// Page-aligned length.
+    pub len: u64,
+}
+
+/// Where in an arena a carved buffer lies (see `session::arena`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArenaSlot {
+    /// The arena's id (unique in the process).
+    pub arena: u64,
+    /// Offset of the buffer in the arena memfd.
+    pub offset: u64,
+}
+
+/// Memory carved out of something larger than the buffer: a range of an arena memfd, or
+/// pages of guest RAM (a scatter-gather list over the VMM's guest-memory memfds). Such a
+/// buffer is never recycled by the pool: its memory goes back to where it came from when the
+/// buffer is dropped (`on_drop`).
+pub struct Carved {
+    /// The first memfd range.
+    pub first: MemfdRange,
+    /// More ranges, concatenated after `first` (guest RAM only).
+    pub rest: Vec<MemfdRange>,
+    /// A dmabuf over exactly the ranges (udmabuf), where `/dev/udmabuf` exists.
+    pub dmabuf: Option<OwnedFd>,
+    /// Whether, without a dmabuf, the first memfd (with the range's offset) may be handed to
+    /// other parties. It exposes the whole memfd: true for arenas configured so, never for
+    /// guest RAM.
+    pub share_memfd: bool,
+    /// Set for arena slices.
+    pub arena: Option<ArenaSlot>,
+    /// Runs once when the buffer is dropped, after its dmabuf is closed (returns the range).
+    pub on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl fmt::Debug for Carved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Carved")
+            .field("first", &self.first)
+            .field("rest", &self.rest.len())
+            .field("dmabuf", &self.dmabuf)
+            .field("share_memfd", &self.share_memfd)
+            .field("arena", &self.arena)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Carved {
+    fn drop(&mut self) {
+        drop(self.dmabuf.take());
+        if let Some(f) = self.on_drop.take() {
+            f();
+        }
+    }
 }
 
 /// One allocation: owns its file descriptors (closed on drop), knows its size and heap.
@@ -263,6 +342,11 @@ impl HeapBuffer {
         }
     }
 
+    /// A buffer of `size` bytes over carved memory, credited to the heap called `heap`.
+    pub fn carved(carved: Carved, size: u64, heap: &str) -> Self {
+        HeapBuffer::new(Backing::Carved(carved), size, Arc::from(heap))
+    }
+
     /// Size in bytes (the requested size rounded up to the heap's page size).
     pub fn size(&self) -> u64 {
         self.size
@@ -274,29 +358,81 @@ impl HeapBuffer {
     }
 
     /// The memfd, for memfd and udmabuf buffers (what SHMEM_MAP and host clients get when no
-    /// dmabuf is needed).
+    /// dmabuf is needed). For carved buffers the memfd they were carved from, whose offset 0
+    /// is not the buffer's first byte: see [`HeapBuffer::memfd_range`].
     pub fn memfd(&self) -> Option<BorrowedFd<'_>> {
         match &self.backing {
             Backing::Memfd(fd) | Backing::Udmabuf { memfd: fd, .. } => Some(fd.as_fd()),
+            Backing::Carved(c) => Some(c.first.memfd.as_fd()),
             Backing::DmaBuf(_) => None,
         }
     }
 
-    /// The dmabuf, for udmabuf and dma-heap buffers.
+    /// The memfd and the offset of the buffer's first byte in it, when the buffer is one
+    /// contiguous range of a memfd.
+    pub fn memfd_range(&self) -> Option<(BorrowedFd<'_>, u64)> {
+        match &self.backing {
+            Backing::Memfd(fd) | Backing::Udmabuf { memfd: fd, .. } => Some((fd.as_fd(), 0)),
+            Backing::Carved(c) if c.rest.is_empty() => {
+                Some((c.first.memfd.as_fd(), c.first.offset))
+            }
+            Backing::Carved(_) | Backing::DmaBuf(_) => None,
+        }
+    }
+
+    /// The dmabuf, for udmabuf and dma-heap buffers (and carved ones where udmabuf exists).
     pub fn dmabuf(&self) -> Option<BorrowedFd<'_>> {
         match &self.backing {
             Backing::Udmabuf { dmabuf: fd, .. } | Backing::DmaBuf(fd) => Some(fd.as_fd()),
+            Backing::Carved(c) => c.dmabuf.as_ref().map(AsFd::as_fd),
             Backing::Memfd(_) => None,
         }
     }
 
-    /// The descriptor to share: the dmabuf when there is one, else the memfd.
+    /// The main descriptor: the dmabuf when there is one, else the memfd (for carved buffers
+    /// the one they were carved from). To hand a buffer to someone, use
+    /// [`HeapBuffer::share_fd`], which knows what may leave the broker.
     pub fn fd(&self) -> BorrowedFd<'_> {
         match &self.backing {
             Backing::Udmabuf { dmabuf: fd, .. } | Backing::DmaBuf(fd) | Backing::Memfd(fd) => {
                 fd.as_fd()
             }
+            Backing::Carved(c) => c
+                .dmabuf
+                .as_ref()
+                .map_or_else(|| c.first.memfd.as_fd(), AsFd::as_fd),
         }
+    }
+
+    /// The descriptor to give a peer (host client, VMM) and the offset of the buffer's first
+    /// byte in it: `(fd, 0)` for buffers with their own file; for carved buffers their dmabuf,
+    /// else the memfd they were carved from with the buffer's offset when that may be shared
+    /// (an arena configured so); `None` when nothing may be shared (guest RAM without
+    /// udmabuf: its memfd is the guest's whole memory).
+    pub fn share_fd(&self) -> Option<(BorrowedFd<'_>, u64)> {
+        match &self.backing {
+            Backing::Carved(c) => match &c.dmabuf {
+                Some(fd) => Some((fd.as_fd(), 0)),
+                None if c.share_memfd && c.rest.is_empty() => {
+                    Some((c.first.memfd.as_fd(), c.first.offset))
+                }
+                None => None,
+            },
+            _ => Some((self.fd(), 0)),
+        }
+    }
+
+    /// Where in an arena the buffer lies, for arena slices.
+    pub fn arena_slot(&self) -> Option<ArenaSlot> {
+        match &self.backing {
+            Backing::Carved(c) => c.arena,
+            _ => None,
+        }
+    }
+
+    /// Whether the pool may keep the buffer for reuse (not for carved memory).
+    pub fn recyclable(&self) -> bool {
+        !matches!(self.backing, Backing::Carved(_))
     }
 
     /// Maps the whole buffer, shared, read-only or read-write. The memfd is mapped when there
@@ -307,6 +443,8 @@ impl HeapBuffer {
     }
 
     /// Maps `len` bytes from `offset` (a multiple of the page size), like [`HeapBuffer::map`].
+    /// A carved buffer maps its dmabuf, or its memfd range; one over several ranges without a
+    /// dmabuf cannot be mapped in one piece ([`HeapError::MapRange`]).
     pub fn map_range(&self, offset: u64, len: u64, writable: bool) -> Result<Mapping, HeapError> {
         let inside = offset.checked_add(len).is_some_and(|end| end <= self.size);
         if !inside || offset % page_size() != 0 {
@@ -316,7 +454,21 @@ impl HeapBuffer {
                 size: self.size,
             });
         }
-        let fd = self.memfd().unwrap_or_else(|| self.fd());
+        if let Backing::Carved(c) = &self.backing
+            && c.dmabuf.is_none()
+        {
+            // Only a single range can be mapped in one piece.
+            let (fd, base) = self.memfd_range().ok_or(HeapError::MapRange {
+                offset,
+                len,
+                size: self.size,
+            })?;
+            return Mapping::new(fd, base.saturating_add(offset), len, writable);
+        }
+        let fd = match &self.backing {
+            Backing::Carved(_) => self.fd(),
+            _ => self.memfd().unwrap_or_else(|| self.fd()),
+        };
         Mapping::new(fd, offset, len, writable)
     }
 
@@ -330,17 +482,7 @@ impl HeapBuffer {
     }
 }
 
-/// An error and all its sources, joined with ": " (for logs and reports).
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
-}
+pub use bufbroker_proto::wire::error_chain;
 
 /// The system page size in bytes.
 pub(crate) fn page_size() -> u64 {

@@ -82,6 +82,9 @@ impl<O: Eq + Hash + Clone> BufferPool<O> {
     /// A buffer of at least `size` bytes from `heap` for `owner`: one `owner` freed earlier with
     /// the same heap and rounded size (old contents kept), else a new allocation.
     pub fn allocate(&self, owner: &O, heap: &dyn Heap, size: u64) -> Result<HeapBuffer, HeapError> {
+        if !heap.recyclable() {
+            return heap.allocate(size);
+        }
         let rounded = round_size(size, heap.granularity())?;
         let key = (owner.clone(), heap.info().name.clone(), rounded);
         let reused = {
@@ -111,6 +114,9 @@ impl<O: Eq + Hash + Clone> BufferPool<O> {
     /// Gives `buffer` back on behalf of `owner`. It is kept for `owner` if the limits allow,
     /// else freed; returns whether it was kept.
     pub fn release(&self, owner: &O, buffer: HeapBuffer) -> bool {
+        if !buffer.recyclable() {
+            return false;
+        }
         let size = buffer.size();
         let mut inner = self.lock();
         let usage = inner.owners.get(owner).copied().unwrap_or_default();

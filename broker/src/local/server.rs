@@ -4,6 +4,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use bufbroker_proto::wire::{self, ErrorCode, ErrorReply, Message};
 use thiserror::Error;
@@ -43,6 +44,28 @@ pub struct LocalServer {
     listener: UnixListener,
     path: PathBuf,
     broker: Arc<Broker>,
+    clients: Arc<AtomicU32>,
+}
+
+/// One connected client counted against the limit; released when dropped.
+struct ClientSlot(Arc<AtomicU32>);
+
+impl ClientSlot {
+    /// Counts one more client unless `limit` are connected.
+    fn take(count: &Arc<AtomicU32>, limit: u32) -> Option<ClientSlot> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ClientSlot(count.clone()))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl LocalServer {
@@ -66,6 +89,7 @@ impl LocalServer {
             listener,
             path: path.to_owned(),
             broker,
+            clients: Arc::new(AtomicU32::new(0)),
         })
     }
 
@@ -88,11 +112,31 @@ impl LocalServer {
                 }
                 Err(e) => return Err(ServerError::Accept(e)),
             };
+            let limit = match self.broker.config().global.local_clients {
+                0 => crate::config::DEFAULT_LOCAL_CLIENTS,
+                n => n,
+            };
+            let Some(slot) = ClientSlot::take(&self.clients, limit) else {
+                log::warn!(
+                    "refusing a local client: {limit} clients are connected ([global] local_clients)"
+                );
+                drop(stream);
+                continue;
+            };
             let broker = self.broker.clone();
-            std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name("bufbroker-client".into())
-                .spawn(move || serve_client(stream, broker))
-                .map_err(ServerError::Spawn)?;
+                .spawn(move || {
+                    serve_client(stream, broker);
+                    drop(slot);
+                });
+            // A client the broker cannot serve is dropped; the others keep being served.
+            if let Err(e) = spawned {
+                log::warn!(
+                    "cannot start a thread for a local client: {}",
+                    ServerError::Spawn(e)
+                );
+            }
         }
     }
 }

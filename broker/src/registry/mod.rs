@@ -26,14 +26,19 @@
 //! Heap allocations, view teardowns and descriptor closes run with **no** lock held: records
 //! are removed under the lock and acted on after it is released, so a slow teardown (a VMM
 //! round trip) never blocks other owners.
+//!
+//! [`Registry::wait_until`] holds `Registry::changes` while it evaluates its predicate (which
+//! takes `inner` and the pool's mutex); changes are announced after every other lock is
+//! released, so nothing holds `inner` or the pool's mutex while taking `changes`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use bufbroker_proto::Plan;
-use bufbroker_proto::wire::{Access, BufferId, OwnerStats};
+use bufbroker_proto::wire::{Access, BufferId, Event, OwnerStats};
 use thiserror::Error;
 use uuid::Uuid;
 
@@ -147,6 +152,10 @@ pub enum RegistryError {
         #[source]
         source: HeapError,
     },
+    /// The buffer's memory has no descriptor that may leave the broker (guest RAM without
+    /// udmabuf, or a buffer that starts inside its descriptor where no offset can be given).
+    #[error("{0} has no descriptor that can be shared here (its memory needs /dev/udmabuf)")]
+    NotShareable(BufferId),
     /// Duplicating a buffer's descriptor failed (usually: out of descriptors).
     #[error("duplicating the descriptor of {buffer} failed")]
     DupFd {
@@ -188,6 +197,10 @@ pub enum ViewKind {
 
 /// The action that tears a view down; runs with no registry lock held.
 pub type Teardown = Box<dyn FnOnce() + Send>;
+
+/// Receives an owner's events (a buffer it imported was revoked). Called with no registry lock
+/// held, on the thread of whoever caused the event: it must not block.
+pub type EventSink = Arc<dyn Fn(Event) + Send + Sync>;
 
 /// One view: who set it up, what it is, how to undo it.
 struct View {
@@ -277,6 +290,8 @@ struct Owner {
     owned: Vec<BufferId>,
     /// Imported buffers in import order.
     imported: Vec<BufferId>,
+    /// Where its events go, if it takes events.
+    events: Option<EventSink>,
 }
 
 struct Buffer {
@@ -312,6 +327,10 @@ pub struct Registry {
     global: GlobalLimits,
     next_owner: AtomicU64,
     next_buffer: AtomicU64,
+    /// Taken by [`Registry::wait_until`] around its predicate and its wait on `changed`.
+    changes: Mutex<()>,
+    /// Notified after every change to the owners, the buffers or the bytes held.
+    changed: Condvar,
 }
 
 impl fmt::Debug for Registry {
@@ -351,6 +370,37 @@ impl Registry {
             global,
             next_owner: AtomicU64::new(1),
             next_buffer: AtomicU64::new(1),
+            changes: Mutex::new(()),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// Wakes [`Registry::wait_until`]. Called with no other registry lock held.
+    fn announce_change(&self) {
+        drop(self.changes.lock().unwrap_or_else(PoisonError::into_inner));
+        self.changed.notify_all();
+    }
+
+    /// Waits until `pred` holds, evaluating it now and after every change to the owners, the
+    /// buffers or the bytes held (allocations, frees, owners added and removed, recycled
+    /// memory released); gives up after `timeout`. Returns whether `pred` held. `pred` runs
+    /// with no registry lock held, so it may call any query; it must not change the registry.
+    pub fn wait_until(&self, timeout: Duration, mut pred: impl FnMut(&Registry) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if pred(self) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            guard = self
+                .changed
+                .wait_timeout(guard, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -373,9 +423,18 @@ impl Registry {
                 in_flight: 0,
                 owned: Vec::new(),
                 imported: Vec::new(),
+                events: None,
             },
         );
+        self.announce_change();
         id
+    }
+
+    /// Sends `owner`'s events to `sink` from now on (`None`: drop them).
+    pub fn set_event_sink(&self, owner: OwnerId, sink: Option<EventSink>) {
+        if let Some(o) = self.lock().owners.get_mut(&owner) {
+            o.events = sink;
+        }
     }
 
     /// The name `owner` was added with.
@@ -489,6 +548,19 @@ impl Registry {
         plan: &Arc<Plan>,
         count: u32,
     ) -> Result<Vec<Allocated>, RegistryError> {
+        let allocated = self.allocate_unannounced(owner, heap, plan, count);
+        self.announce_change();
+        allocated
+    }
+
+    /// [`Registry::allocate`] without waking [`Registry::wait_until`].
+    fn allocate_unannounced(
+        &self,
+        owner: OwnerId,
+        heap: &dyn Heap,
+        plan: &Arc<Plan>,
+        count: u32,
+    ) -> Result<Vec<Allocated>, RegistryError> {
         let heap_name = heap.info().name.clone();
         let size = crate::heap::round_size(plan.size, heap.granularity()).map_err(|source| {
             RegistryError::Allocate {
@@ -585,15 +657,21 @@ impl Registry {
         })
     }
 
-    /// A new descriptor for the buffer `id` (for SCM_RIGHTS), if `owner` holds it.
+    /// A new descriptor for the buffer `id` (for SCM_RIGHTS), if `owner` holds it, and the
+    /// offset of the buffer's first byte in it ([`HeapBuffer::share_fd`]).
     pub fn dup_fd(
         &self,
         owner: OwnerId,
         id: BufferId,
-    ) -> Result<std::os::fd::OwnedFd, RegistryError> {
+    ) -> Result<(std::os::fd::OwnedFd, u64), RegistryError> {
         let view = self.get(owner, id)?;
-        rustix::io::fcntl_dupfd_cloexec(view.memory.fd(), 0)
-            .map_err(|source| RegistryError::DupFd { buffer: id, source })
+        let (fd, offset) = view
+            .memory
+            .share_fd()
+            .ok_or(RegistryError::NotShareable(id))?;
+        let fd = rustix::io::fcntl_dupfd_cloexec(fd, 0)
+            .map_err(|source| RegistryError::DupFd { buffer: id, source })?;
+        Ok((fd, offset))
     }
 
     /// A new descriptor for the buffer with `uuid`, if `owner` owns it (for the VMM's
@@ -612,7 +690,13 @@ impl Registry {
         if !view.owned {
             return Err(RegistryError::UnknownUuid(uuid));
         }
-        rustix::io::fcntl_dupfd_cloexec(view.memory.fd(), 0)
+        // The VMM's GET_SHARED_OBJECT reply has no offset: only a descriptor that starts with
+        // the buffer will do.
+        let fd = match view.memory.share_fd() {
+            Some((fd, 0)) => fd,
+            _ => return Err(RegistryError::NotShareable(id)),
+        };
+        rustix::io::fcntl_dupfd_cloexec(fd, 0)
             .map_err(|source| RegistryError::DupFd { buffer: id, source })
     }
 
@@ -761,13 +845,20 @@ impl Registry {
             let views = drop_import(&mut inner, owner, id);
             drop(inner);
             views.into_iter().rev().for_each(View::tear_down);
+            self.announce_change();
             return Ok(());
         }
         let buffer = remove_buffer(&mut inner, id);
+        let revoked = buffer
+            .as_ref()
+            .map(|b| revocations(&inner, id, b))
+            .unwrap_or_default();
         drop(inner);
         if let Some(buffer) = buffer {
             self.tear_down_buffer(owner, buffer, true);
         }
+        notify(revoked, "its owner freed it");
+        self.announce_change();
         Ok(())
     }
 
@@ -787,7 +878,7 @@ impl Registry {
     /// Removes `owner` (a guest reset, a client gone): drops its imports, frees its buffers
     /// newest first (views, then memory), then its recycled memory.
     pub fn remove_owner(&self, owner: OwnerId) -> Removed {
-        let (imports, buffers) = {
+        let (imports, buffers, revoked) = {
             let mut inner = self.lock();
             let Some(o) = inner.owners.remove(&owner) else {
                 return Removed::default();
@@ -798,13 +889,15 @@ impl Registry {
                 .rev()
                 .map(|id| drop_import(&mut inner, owner, *id))
                 .collect();
-            let buffers: Vec<Buffer> = o
-                .owned
-                .iter()
-                .rev()
-                .filter_map(|id| remove_buffer(&mut inner, *id))
-                .collect();
-            (imports, buffers)
+            let mut buffers = Vec::with_capacity(o.owned.len());
+            let mut revoked = Vec::new();
+            for id in o.owned.iter().rev() {
+                if let Some(b) = remove_buffer(&mut inner, *id) {
+                    revoked.extend(revocations(&inner, *id, &b));
+                    buffers.push(b);
+                }
+            }
+            (imports, buffers, revoked)
         };
         let mut removed = Removed {
             imports: imports.len(),
@@ -819,6 +912,8 @@ impl Registry {
             removed.views += self.tear_down_buffer(owner, buffer, false);
         }
         removed.pooled = self.pool.release_owner(&owner);
+        notify(revoked, "its owner went away");
+        self.announce_change();
         removed
     }
 
@@ -862,6 +957,25 @@ impl Registry {
     /// Bytes held in live buffers and in recycling, over all owners.
     pub fn total_bytes(&self) -> u64 {
         self.lock().bytes.saturating_add(self.pool.pooled_bytes())
+    }
+}
+
+/// The event sinks of the importers of buffer `id` (being removed), to tell them.
+fn revocations(inner: &Inner, id: BufferId, b: &Buffer) -> Vec<(EventSink, BufferId)> {
+    b.importers
+        .iter()
+        .filter_map(|(importer, _)| inner.owners.get(importer)?.events.clone())
+        .map(|sink| (sink, id))
+        .collect()
+}
+
+/// Sends `BufferRevoked` to each sink (no lock held).
+fn notify(revoked: Vec<(EventSink, BufferId)>, reason: &str) {
+    for (sink, buffer) in revoked {
+        sink(Event::BufferRevoked {
+            buffer,
+            reason: reason.to_owned(),
+        });
     }
 }
 

@@ -180,8 +180,8 @@ fn over_the_byte_quota_is_refused_before_allocating() {
 #[test]
 fn global_limit_applies_across_owners() {
     let global = GlobalLimits {
-        bytes: 0,
         buffers: 3,
+        ..GlobalLimits::default()
     };
     let (reg, heap) = (
         Registry::new(global, PoolLimits::default()),
@@ -441,4 +441,21 @@ fn no_pool_frees_memory_at_once() {
     reg.free(a, buf.id).unwrap();
 
     assert_eq!(reg.total_bytes(), 0);
+}
+
+#[test]
+fn wait_until_wakes_when_another_thread_frees_the_last_buffer() {
+    let reg = Arc::new(Registry::new(GlobalLimits::default(), no_pool()));
+    let heap = MemfdHeap::new();
+    let owner = reg.add_owner("vm-1", Quota::DEFAULT);
+    let buf = reg.allocate(owner, &heap, &plan(100), 1).unwrap().remove(0);
+    assert!(!reg.wait_until(std::time::Duration::ZERO, |r| r.total_bytes() == 0));
+
+    let freer = {
+        let reg = reg.clone();
+        std::thread::spawn(move || reg.free(owner, buf.id).unwrap())
+    };
+
+    assert!(reg.wait_until(std::time::Duration::from_secs(10), |r| r.total_bytes() == 0));
+    freer.join().unwrap();
 }

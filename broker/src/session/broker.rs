@@ -9,8 +9,9 @@ use bufbroker_proto::{HeapInfo, Participant};
 use thiserror::Error;
 
 use crate::config::{Config, ConfigError, ResolvedPolicy};
-use crate::heap::{DiscoveryConfig, Heap, discover};
+use crate::heap::{DiscoveryConfig, Heap, UdmabufDevice, discover};
 use crate::registry::Registry;
+use crate::vfio::{HostDevice, VfioSetupError, open_all};
 
 use super::plan_cache::PlanCache;
 
@@ -23,6 +24,9 @@ pub enum BrokerError {
     /// The configuration is wrong.
     #[error("invalid configuration")]
     Config(#[from] ConfigError),
+    /// A configured VFIO device cannot be used.
+    #[error("cannot set up a VFIO device")]
+    Vfio(#[from] VfioSetupError),
     /// None of the heaps the configuration allows is available.
     #[error("none of the allowed heaps {allowed:?} is available (available: {available:?})")]
     NoHeap {
@@ -40,9 +44,11 @@ pub struct Broker {
     heaps: Vec<Arc<dyn Heap>>,
     heap_infos: Vec<HeapInfo>,
     participants: BTreeMap<String, Participant>,
+    vfio: BTreeMap<String, HostDevice>,
     registry: Registry,
     plans: PlanCache,
     solve_options: SolveOptions,
+    udmabuf: Option<Arc<UdmabufDevice>>,
 }
 
 impl Broker {
@@ -62,12 +68,35 @@ impl Broker {
                 log::warn!("allowed heap {entry} is not available: {why}");
             }
         }
-        Self::new(config, found.iter().cloned().collect())
+        let udmabuf = found.udmabuf_device().cloned();
+        Ok(Self::new(config, found.iter().cloned().collect())?.with_udmabuf(udmabuf))
+    }
+
+    /// Uses `device` to build dmabufs over arena slices and guest RAM.
+    pub fn with_udmabuf(mut self, device: Option<Arc<UdmabufDevice>>) -> Self {
+        self.udmabuf = device;
+        self
+    }
+
+    /// The udmabuf device, where `/dev/udmabuf` exists.
+    pub fn udmabuf(&self) -> Option<&Arc<UdmabufDevice>> {
+        self.udmabuf.as_ref()
     }
 
     /// A broker over the given heaps (filtered by `[heaps] allow`); loads the named
-    /// participants' constraint files.
+    /// participants' constraint files and opens the configured VFIO devices.
     pub fn new(config: Config, heaps: Vec<Arc<dyn Heap>>) -> Result<Broker, BrokerError> {
+        let vfio = open_all(&config.vfio)?;
+        Self::with_vfio(config, heaps, vfio)
+    }
+
+    /// [`Broker::new`] with VFIO devices opened already (or fakes); `config.vfio` is not
+    /// opened again.
+    pub fn with_vfio(
+        config: Config,
+        heaps: Vec<Arc<dyn Heap>>,
+        vfio: BTreeMap<String, HostDevice>,
+    ) -> Result<Broker, BrokerError> {
         let available: Vec<String> = heaps.iter().map(|h| h.info().name.clone()).collect();
         let heaps: Vec<Arc<dyn Heap>> = match &config.heaps.allow {
             Some(allow) => heaps
@@ -88,9 +117,11 @@ impl Broker {
             heap_infos: heaps.iter().map(|h| h.info().clone()).collect(),
             heaps,
             participants,
+            vfio,
             registry,
             plans: PlanCache::new(PLAN_CACHE_CAPACITY),
             solve_options: SolveOptions::default(),
+            udmabuf: None,
             config,
         })
     }
@@ -120,9 +151,22 @@ impl Broker {
         &self.solve_options
     }
 
-    /// The configured host participant called `name`.
+    /// The configured host participant called `name`: a `[participants]` entry or a VFIO
+    /// device.
     pub fn participant(&self, name: &str) -> Option<&Participant> {
-        self.participants.get(name)
+        self.participants
+            .get(name)
+            .or_else(|| self.vfio.get(name).map(HostDevice::participant))
+    }
+
+    /// The host VFIO device called `name`.
+    pub fn vfio_device(&self, name: &str) -> Option<&HostDevice> {
+        self.vfio.get(name)
+    }
+
+    /// Whether any host VFIO device is configured.
+    pub fn has_vfio(&self) -> bool {
+        !self.vfio.is_empty()
     }
 
     /// The policy of the owner called `name`.

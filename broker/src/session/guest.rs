@@ -17,7 +17,7 @@ pub struct GuestHandler {
     broker: Arc<Broker>,
     name: String,
     exposure: Arc<dyn GuestExposure>,
-    session: Mutex<Option<Session>>,
+    session: Arc<Mutex<Option<Session>>>,
 }
 
 impl GuestHandler {
@@ -28,8 +28,12 @@ impl GuestHandler {
             broker,
             name: name.to_owned(),
             exposure,
-            session: Mutex::new(Some(session)),
+            session: Arc::new(Mutex::new(Some(session))),
         }
+    }
+
+    fn session_handle(&self) -> Arc<Mutex<Option<Session>>> {
+        self.session.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Session>> {
@@ -61,10 +65,34 @@ impl RequestHandler for GuestHandler {
     }
 
     fn teardown(&self, why: Teardown) {
-        // Drop the old session (freeing everything, views first) before making a new one.
-        let old = self.lock().take();
-        drop(old);
-        log::info!("{}: guest state freed ({why:?})", self.name);
+        // Runs on the device's exposure thread. A request in flight may hold the session while
+        // it waits for that same thread to send a SHMEM_MAP: blocking here would deadlock. So
+        // take the session only if it is free, and otherwise drop it from a helper thread once
+        // the request is done (its maps are then torn down with everything else).
+        match self.session.try_lock() {
+            Ok(mut guard) => {
+                let old = guard.take();
+                drop(guard);
+                drop(old);
+                log::info!("{}: guest state freed ({why:?})", self.name);
+            }
+            Err(_) => {
+                let session = self.session_handle();
+                let name = self.name.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("bufbroker-teardown".into())
+                    .spawn(move || {
+                        let old = session.lock().unwrap_or_else(|e| e.into_inner()).take();
+                        drop(old);
+                        log::info!(
+                            "{name}: guest state freed after the request in flight ({why:?})"
+                        );
+                    });
+                if let Err(e) = spawned {
+                    log::error!("{}: cannot start the teardown thread: {e}", self.name);
+                }
+            }
+        }
     }
 
     fn shared_object(&self, uuid: Uuid) -> Option<OwnedFd> {

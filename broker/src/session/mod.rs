@@ -12,12 +12,16 @@
 //! 4. the solver, through the broker's [plan cache](PlanCache);
 //! 5. the heap the best plan names, through the [registry](crate::registry) (quotas, records);
 //! 6. exposure: fds for local clients ([`Reply::fds`]), window ranges and shared objects for
-//!    guests ([`GuestExposure`]), each recorded as a view so teardown undoes it.
+//!    guests ([`GuestExposure`]), IOVA mappings for host VFIO devices the request names
+//!    (`iova.rs`), each recorded as a view so teardown undoes it.
 //!
 //! Dropping a session removes its owner: every buffer, view and recycled buffer is freed.
 
+mod arena;
 mod broker;
 mod guest;
+mod guest_ram;
+mod iova;
 mod plan_cache;
 mod window;
 
@@ -43,9 +47,12 @@ use crate::exposure::{ExposureError, GuestExposure};
 use crate::heap::page_size;
 use crate::registry::{Allocated, OwnerId, RegistryError, ViewKind};
 
+pub use arena::{ArenaHeap, ArenaStats, Arenas};
 pub use broker::{Broker, BrokerError};
 pub use guest::{GuestHandler, guest_factory};
-pub use plan_cache::{FastHashState, FastHasher, Outcome, PlanCache};
+pub use plan_cache::{
+    FastHashState, FastHasher, Lookup, Outcome, PlanCache, Resolution, wire_request,
+};
 pub use window::WindowAllocator;
 
 /// Why a request failed. Each maps to a wire [`ErrorCode`] ([`SessionError::code`]).
@@ -115,6 +122,9 @@ pub enum SessionError {
     /// The shared-memory window has no room.
     #[error("the shared-memory window has no free range of {0} bytes")]
     WindowFull(u64),
+    /// A host VFIO device could not map the buffer.
+    #[error(transparent)]
+    Iova(#[from] crate::vfio::IovaError),
     /// The transport could not expose the buffer.
     #[error("exposing {buffer} failed")]
     Exposure {
@@ -150,6 +160,7 @@ impl SessionError {
             SessionError::UnknownHeap(_) | SessionError::NoPlan => ErrorCode::INTERNAL,
             SessionError::Registry(e) => registry_code(e),
             SessionError::WindowFull(_) => ErrorCode::OUT_OF_MEMORY,
+            SessionError::Iova(e) => e.code(),
             SessionError::Exposure { source, .. } => match source {
                 ExposureError::Unsupported(_) => ErrorCode::UNSUPPORTED,
                 ExposureError::Refused { .. }
@@ -183,9 +194,11 @@ fn registry_code(e: &RegistryError) -> ErrorCode {
             | HeapError::SizeOverflow { .. }
             | HeapError::TooLarge { .. }
             | HeapError::AddressSpace { .. } => ErrorCode::INVALID_ARGUMENT,
+            HeapError::NoRoom { .. } => ErrorCode::OUT_OF_MEMORY,
             _ => ErrorCode::OUT_OF_MEMORY,
         },
         RegistryError::DupFd { .. } => ErrorCode::OUT_OF_MEMORY,
+        RegistryError::NotShareable(_) => ErrorCode::UNSUPPORTED,
     }
 }
 
@@ -236,6 +249,7 @@ enum Transport {
     Guest {
         exposure: Arc<dyn GuestExposure>,
         window: Arc<Mutex<WindowAllocator>>,
+        arenas: Arc<Arenas>,
     },
 }
 
@@ -249,6 +263,11 @@ pub struct Session {
     negotiated: Option<Negotiated>,
     registered: Vec<Registered>,
     next_handle: u32,
+    /// What this session's named participants stand for, as the plan cache knows it.
+    resolution: Resolution,
+    /// While [`Session::handle_bytes`] answers a `Solve` or `Allocate`: its request's bytes as
+    /// received, the plan cache's key (empty otherwise: then the cache encodes the request).
+    wire_request: Vec<u8>,
 }
 
 impl std::fmt::Debug for Session {
@@ -271,15 +290,24 @@ impl Session {
         let transport = match exposure {
             None => Transport::Local,
             Some(exposure) => {
-                let window = WindowAllocator::new(exposure.window_size(), page_size());
+                let window = Arc::new(Mutex::new(WindowAllocator::new(
+                    exposure.window_size(),
+                    page_size(),
+                )));
+                let arenas = Arenas::new(
+                    broker.config().arenas,
+                    exposure.clone(),
+                    window.clone(),
+                    broker.udmabuf().cloned(),
+                );
                 Transport::Guest {
                     exposure,
-                    window: Arc::new(Mutex::new(window)),
+                    window,
+                    arenas,
                 }
             }
         };
         Session {
-            broker,
             owner,
             name: name.to_owned(),
             policy,
@@ -287,6 +315,9 @@ impl Session {
             negotiated: None,
             registered: Vec::new(),
             next_handle: 1,
+            resolution: broker.plans().resolution(),
+            wire_request: Vec::new(),
+            broker,
         }
     }
 
@@ -295,15 +326,29 @@ impl Session {
         self.owner
     }
 
+    /// What this session's arenas did (guests only).
+    pub fn arena_stats(&self) -> Option<ArenaStats> {
+        match &self.transport {
+            Transport::Guest { arenas, .. } => Some(arenas.stats()),
+            Transport::Local => None,
+        }
+    }
+
     /// The features this session's transport supports.
     pub fn offered_features(&self) -> Features {
-        let common = Features::SHARED_OBJECTS | Features::REGISTERED_PARTICIPANTS;
+        let mut common = Features::SHARED_OBJECTS | Features::REGISTERED_PARTICIPANTS;
+        if self.broker.has_vfio() {
+            common |= Features::IOVA;
+        }
         match &self.transport {
             Transport::Local => common | Features::HOST_CLIENT_FD,
-            Transport::Guest { exposure, .. } if exposure.window_size() > 0 => {
-                common | Features::HOST_WINDOW
+            Transport::Guest { exposure, .. } => {
+                let mut features = common | Features::EVENTS | Features::GUEST_RAM;
+                if exposure.window_size() > 0 {
+                    features |= Features::HOST_WINDOW;
+                }
+                features
             }
-            Transport::Guest { .. } => common,
         }
     }
 
@@ -311,7 +356,14 @@ impl Session {
     /// or as much of it as could be read) and the reply.
     pub fn handle_bytes(&mut self, bytes: &[u8]) -> (u32, Reply) {
         match wire::decode(bytes) {
-            Ok((header, message)) => (header.request_id, self.handle(message)),
+            Ok((header, message)) => {
+                if let Some(request) = wire_request(&message, bytes) {
+                    self.wire_request.extend_from_slice(request);
+                }
+                let reply = self.handle(message);
+                self.wire_request.clear();
+                (header.request_id, reply)
+            }
             Err(e) => {
                 let id = wire::peek_request_id(bytes).unwrap_or(0);
                 (id, Reply::error(&SessionError::Decode(e)))
@@ -362,6 +414,7 @@ impl Session {
             Message::QueryLimits(_) => Ok(Reply::new(LimitsReply {
                 limits: WireLimits::CURRENT,
             })),
+            Message::QueryIovas(m) => self.query_iovas(&m),
             other => Err(SessionError::Unexpected(other.message_type())),
         }
     }
@@ -377,6 +430,14 @@ impl Session {
             }
         })?;
         self.negotiated = Some(negotiated);
+        if let (Transport::Guest { exposure, .. }, true) = (
+            &self.transport,
+            negotiated.features.contains(Features::EVENTS),
+        ) {
+            self.broker
+                .registry()
+                .set_event_sink(self.owner, Some(event_sink(&self.name, exposure.clone())));
+        }
         log::info!(
             "{}: client {:?} negotiated version {} features {:?}",
             self.name,
@@ -416,6 +477,7 @@ impl Session {
             name: m.name,
             participant: m.participant,
         });
+        self.renew_resolution();
         Ok(Reply::new(RegisterParticipantReply { handle }))
     }
 
@@ -426,7 +488,14 @@ impl Session {
         if self.registered.len() == before {
             return Err(SessionError::UnknownHandle(m.handle.0));
         }
+        self.renew_resolution();
         Ok(Reply::new(UnregisterParticipantReply { handle: m.handle }))
+    }
+
+    /// The registered participants changed: cached plans of named requests no longer apply.
+    fn renew_resolution(&mut self) {
+        let plans = self.broker.plans();
+        plans.forget(std::mem::replace(&mut self.resolution, plans.resolution()));
     }
 
     /// The request with every `Named` participant replaced by its registered or configured
@@ -459,13 +528,16 @@ impl Session {
         Ok(resolved)
     }
 
-    /// Solves `request` (resolved) through the plan cache.
+    /// Solves `request` through the plan cache (resolved only on a miss).
     fn outcome(&self, request: &Request) -> Result<plan_cache::Outcome, SessionError> {
-        let resolved = self.resolve(request)?;
         let broker = &self.broker;
-        Ok(broker
-            .plans()
-            .solve(&resolved, broker.heap_infos(), broker.solve_options()))
+        let wire = Some(self.wire_request.as_slice()).filter(|w| !w.is_empty());
+        broker.plans().solve(
+            Lookup::new(request, wire, self.resolution),
+            |r| self.resolve(r),
+            broker.heap_infos(),
+            broker.solve_options(),
+        )
     }
 
     fn solve(&self, request: &Request) -> Result<Reply, SessionError> {
@@ -487,17 +559,25 @@ impl Session {
         match &m.placement {
             Placement::HostClient => self.require(Features::HOST_CLIENT_FD, "HOST_CLIENT_FD")?,
             Placement::HostWindow => self.require(Features::HOST_WINDOW, "HOST_WINDOW")?,
-            Placement::GuestRam { .. } => {
-                self.require(Features::GUEST_RAM, "GUEST_RAM")?;
-                return Err(SessionError::Unsupported("guest-RAM placement"));
-            }
+            Placement::GuestRam { .. } => self.require(Features::GUEST_RAM, "GUEST_RAM")?,
         }
         let plan = Arc::new(self.best_plan(&m.request)?);
-        let heap = self
+        if let Placement::GuestRam { ranges } = &m.placement {
+            // Guest pages are the guest's own memory: not mapped for host VFIO devices.
+            return self.allocate_in_guest_ram(&plan, ranges, m.request.count);
+        }
+        let vfio = self.vfio_targets(&m.request);
+        let mut heap = self
             .broker
             .heap(&plan.heap)
             .ok_or_else(|| SessionError::UnknownHeap(plan.heap.clone()))?
             .clone();
+        if let (Placement::HostWindow, Transport::Guest { arenas, .. }) =
+            (&m.placement, &self.transport)
+            && arenas.eligible(&plan)
+        {
+            heap = Arc::new(arenas.heap(heap.info()));
+        }
         let registry = self.broker.registry();
         let buffers = registry.allocate(self.owner, heap.as_ref(), &plan, m.request.count)?;
         let mut reply = Reply::new(AllocateReply {
@@ -506,7 +586,10 @@ impl Session {
         });
         let mut infos = Vec::with_capacity(buffers.len());
         for buffer in &buffers {
-            match self.expose_new(buffer, &m.placement, &mut reply.fds) {
+            let exposed = self
+                .map_iovas(buffer, &plan, &vfio)
+                .and_then(|()| self.expose_new(buffer, &m.placement, &mut reply.fds));
+            match exposed {
                 Ok(location) => infos.push(BufferInfo {
                     id: buffer.id,
                     uuid: buffer.uuid,
@@ -527,6 +610,44 @@ impl Session {
         Ok(reply)
     }
 
+    /// Buffers made of the guest's own pages (see `guest_ram.rs`).
+    fn allocate_in_guest_ram(
+        &self,
+        plan: &Arc<Plan>,
+        ranges: &[wire::GuestRange],
+        count: u32,
+    ) -> Result<Reply, SessionError> {
+        let Transport::Guest { exposure, .. } = &self.transport else {
+            return Err(SessionError::Unsupported("guest-RAM placement"));
+        };
+        if plan.contiguous {
+            return Err(SessionError::InvalidArgument(
+                "the plan needs contiguous memory, which guest RAM is not".into(),
+            ));
+        }
+        let stride = guest_ram::check_ranges(ranges, plan.size, count)
+            .map_err(SessionError::InvalidArgument)?;
+        let udmabuf = self.broker.udmabuf().map(Arc::as_ref);
+        let memory = guest_ram::build(exposure.as_ref(), udmabuf, ranges, stride, count)
+            .map_err(SessionError::InvalidArgument)?;
+        let heap = guest_ram::PreparedHeap::new(plan, memory);
+        let buffers = self
+            .broker
+            .registry()
+            .allocate(self.owner, &heap, plan, count)?;
+        Ok(Reply::new(AllocateReply {
+            plan: (**plan).clone(),
+            buffers: buffers
+                .iter()
+                .map(|b| BufferInfo {
+                    id: b.id,
+                    uuid: b.uuid,
+                    location: Location::GuestRam,
+                })
+                .collect(),
+        }))
+    }
+
     fn expose_new(
         &self,
         buffer: &Allocated,
@@ -534,22 +655,35 @@ impl Session {
         fds: &mut Vec<OwnedFd>,
     ) -> Result<Location, SessionError> {
         match placement {
-            Placement::HostClient => self.send_fd(buffer.id, fds),
+            Placement::HostClient => self.send_fd(buffer.id, fds).map(|(location, _)| location),
             Placement::HostWindow => self.map_window(buffer.id, true),
             Placement::GuestRam { .. } => Err(SessionError::Unsupported("guest-RAM placement")),
         }
     }
 
-    fn send_fd(&self, id: BufferId, fds: &mut Vec<OwnedFd>) -> Result<Location, SessionError> {
-        let fd = self.broker.registry().dup_fd(self.owner, id)?;
+    /// Adds buffer `id`'s descriptor to `fds`; returns its location and the offset of the
+    /// buffer's first byte in the descriptor (not 0 only for arena slices without udmabuf).
+    fn send_fd(
+        &self,
+        id: BufferId,
+        fds: &mut Vec<OwnedFd>,
+    ) -> Result<(Location, u64), SessionError> {
+        let (fd, offset) = self.broker.registry().dup_fd(self.owner, id)?;
         let fd_index = u32::try_from(fds.len()).unwrap_or(u32::MAX);
         fds.push(fd);
-        Ok(Location::HostClient { fd_index })
+        Ok((Location::HostClient { fd_index }, offset))
     }
 
-    /// Maps buffer `id` into the window (once per holder) and records the view.
+    /// Maps buffer `id` into the window (once per holder) and records the view. A buffer
+    /// carved from this session's arenas is there already; any other gets a SHMEM_MAP of its
+    /// own.
     fn map_window(&self, id: BufferId, writable: bool) -> Result<Location, SessionError> {
-        let Transport::Guest { exposure, window } = &self.transport else {
+        let Transport::Guest {
+            exposure,
+            window,
+            arenas,
+        } = &self.transport
+        else {
             return Err(SessionError::Unsupported("the shared-memory window"));
         };
         let registry = self.broker.registry();
@@ -568,6 +702,25 @@ impl Session {
             });
         }
         let view = registry.get(self.owner, id)?;
+        if let Some((offset, len)) = arenas.window_range(&view.memory) {
+            // The arena's mapping is the buffer's: the view only records where it is (an
+            // Unmap drops the record; the pages stay mapped with the arena until freed).
+            registry.add_view(
+                self.owner,
+                id,
+                ViewKind::WindowRange { offset, len },
+                Box::new(|| {}),
+            )?;
+            return Ok(Location::HostWindow {
+                shmid: 0,
+                offset,
+                len,
+            });
+        }
+        let (fd, fd_offset) = view.memory.share_fd().ok_or(SessionError::Unsupported(
+            "showing this buffer in another window (its memory is guest RAM and /dev/udmabuf \
+             is absent)",
+        ))?;
         let size = view.memory.size();
         let lock = |w: &Mutex<WindowAllocator>| {
             w.lock()
@@ -585,7 +738,7 @@ impl Session {
             }
         };
         let writable = writable && view.access == Access::ReadWrite;
-        if let Err(source) = exposure.map_window(view.memory.fd(), 0, offset, size, writable) {
+        if let Err(source) = exposure.map_window(fd, fd_offset, offset, size, writable) {
             release();
             return Err(SessionError::Exposure { buffer: id, source });
         }
@@ -666,10 +819,19 @@ impl Session {
             ErrorCode::INTERNAL,
             "",
         )));
+        let mut plan = (*view.plan).clone();
         let location = match m.view {
             ImportView::None => Location::Unmapped,
             ImportView::HostWindow => self.map_window(view.id, view.access == Access::ReadWrite)?,
-            ImportView::HostClient => self.send_fd(view.id, &mut reply.fds)?,
+            ImportView::HostClient => {
+                let (location, fd_offset) = self.send_fd(view.id, &mut reply.fds)?;
+                // The descriptor starts before the buffer (an arena memfd): plane offsets are
+                // relative to the descriptor, as for any multi-plane dmabuf.
+                for plane in &mut plan.planes {
+                    plane.offset = plane.offset.saturating_add(fd_offset);
+                }
+                location
+            }
         };
         reply.message = Message::ImportReply(ImportReply {
             buffer: BufferInfo {
@@ -677,7 +839,7 @@ impl Session {
                 uuid: view.uuid,
                 location,
             },
-            plan: (*view.plan).clone(),
+            plan,
             access: view.access,
         });
         Ok(reply)
@@ -725,8 +887,27 @@ impl Session {
     }
 }
 
+/// Encodes each event and sends it on the guest's event queue (never blocks; see
+/// [`GuestExposure::send_event`]).
+fn event_sink(name: &str, exposure: Arc<dyn GuestExposure>) -> crate::registry::EventSink {
+    let name = name.to_owned();
+    Arc::new(move |event: wire::Event| {
+        let sent = wire::encode(&Message::Event(event), 0)
+            .map_err(|e| wire::error_chain(&e))
+            .and_then(|bytes| {
+                exposure
+                    .send_event(&bytes)
+                    .map_err(|e| wire::error_chain(&e))
+            });
+        if let Err(e) = sent {
+            log::debug!("{name}: an event was not sent: {e}");
+        }
+    })
+}
+
 impl Drop for Session {
     fn drop(&mut self) {
+        self.broker.plans().forget(self.resolution);
         let removed = self.broker.registry().remove_owner(self.owner);
         if removed != crate::registry::Removed::default() {
             log::info!("{}: session ended, freed {removed:?}", self.name);

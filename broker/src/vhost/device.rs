@@ -202,6 +202,9 @@ impl VhostUserBackend for BufbrokerDevice {
         if !self.exposure.set_started(true) {
             log::info!("{}: device started by the guest", self.config.name);
         }
+        if let Some(events) = vrings.get(usize::from(EVENT_QUEUE)) {
+            self.exposure.event_queue(events);
+        }
         match (device_event, vrings.get(usize::from(device_event))) {
             (REQUEST_QUEUE, Some(vring)) => serve_requests(
                 vring,
@@ -209,7 +212,7 @@ impl VhostUserBackend for BufbrokerDevice {
                 self.event_idx.load(Ordering::Relaxed),
                 self.handler.as_ref(),
             ),
-            // The driver posted event buffers; they wait until there is something to send.
+            // The driver posted event buffers: held events went out above.
             (EVENT_QUEUE, Some(_)) => {}
             _ => log::warn!("{}: unknown device event {device_event}", self.config.name),
         }

@@ -18,6 +18,7 @@
 //! So an unmap while stopped only releases the range here.
 //! Mapped ranges are tracked in a [`WindowAllocator`] so two mappings never overlap.
 
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -27,6 +28,8 @@ use std::time::Duration;
 use uuid::Uuid;
 use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags, VhostUserSharedMsg};
 use vhost::vhost_user::{Backend, VhostUserFrontendReqHandler};
+use vhost_user_backend::{VringRwLock, VringT};
+use virtio_queue::QueueT;
 use vm_memory::{
     GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
 };
@@ -35,6 +38,93 @@ use super::window::{WindowAllocator, WindowRange};
 use crate::exposure::{ExposureError, GuestExposure, GuestRegion};
 
 type Job = Box<dyn FnOnce(&Shared) + Send>;
+
+/// Events held for a driver that has not posted event buffers; older ones are dropped (and
+/// counted) beyond this.
+pub const MAX_PENDING_EVENTS: usize = 64;
+
+/// Counters of the event queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventStats {
+    /// Events written into driver buffers.
+    pub delivered: u64,
+    /// Events waiting for a buffer.
+    pub pending: usize,
+    /// Events dropped: too many held, a buffer too small, a reset, a broken ring.
+    pub dropped: u64,
+}
+
+/// The event queue's state: the vring (known once the device saw a kick), events waiting for
+/// buffers, counters.
+#[derive(Default)]
+struct EventQueue {
+    vring: Option<VringRwLock>,
+    pending: VecDeque<Vec<u8>>,
+    delivered: u64,
+    dropped: u64,
+}
+
+impl EventQueue {
+    fn stats(&self) -> EventStats {
+        EventStats {
+            delivered: self.delivered,
+            pending: self.pending.len(),
+            dropped: self.dropped,
+        }
+    }
+
+    /// Writes held events into posted buffers, oldest first, until either runs out; signals
+    /// the driver if it asked. Bounded: at most one chain per held event.
+    fn flush(&mut self, mem: &GuestMemoryAtomic<GuestMemoryMmap>) {
+        let Some(vring) = self.vring.clone() else {
+            return;
+        };
+        let mut used_any = false;
+        while let Some(event) = self.pending.front() {
+            // Pop in a statement of its own: `add_used` takes the ring's lock.
+            let chain = vring
+                .get_mut()
+                .get_queue_mut()
+                .pop_descriptor_chain(mem.memory());
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            let written = write_event(chain, event);
+            if written == 0 {
+                self.dropped = self.dropped.saturating_add(1);
+            } else {
+                self.delivered = self.delivered.saturating_add(1);
+            }
+            self.pending.pop_front();
+            if let Err(e) = vring.add_used(head, written) {
+                log::warn!("event queue: cannot return chain {head}: {e}");
+                return;
+            }
+            used_any = true;
+        }
+        if used_any && vring.needs_notification().unwrap_or(true) {
+            if let Err(e) = vring.signal_used_queue() {
+                log::debug!("event queue: cannot signal the driver: {e}");
+            }
+        }
+    }
+}
+
+/// Writes `event` into the writable part of `chain`; returns the bytes written (0 when the
+/// chain is unusable or too small: the event is not cut).
+fn write_event(
+    chain: virtio_queue::DescriptorChain<vm_memory::GuestMemoryLoadGuard<GuestMemoryMmap>>,
+    event: &[u8],
+) -> u32 {
+    use std::io::Write;
+    let mem = chain.memory();
+    match chain.clone().writer(mem) {
+        Ok(mut w) if w.available_bytes() >= event.len() => match w.write_all(event) {
+            Ok(()) => u32::try_from(event.len()).unwrap_or(0),
+            Err(_) => 0,
+        },
+        _ => 0,
+    }
+}
 
 /// How long a map waits for the guest to start the device before failing with
 /// [`ExposureError::NotStarted`].
@@ -51,6 +141,9 @@ pub struct VhostExposure {
 struct Shared {
     name: String,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    events: Mutex<EventQueue>,
+    /// Notified whenever [`EventStats`] change.
+    events_changed: Condvar,
     channel: Mutex<Option<Backend>>,
     state: Mutex<State>,
     state_changed: Condvar,
@@ -62,6 +155,8 @@ struct Shared {
 struct State {
     started: bool,
     closed: bool,
+    /// Requests blocked in `wait_started`.
+    waiting_for_start: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -81,6 +176,8 @@ impl VhostExposure {
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             mem,
+            events: Mutex::new(EventQueue::default()),
+            events_changed: Condvar::new(),
             channel: Mutex::new(None),
             state: Mutex::new(State::default()),
             state_changed: Condvar::new(),
@@ -110,12 +207,61 @@ impl VhostExposure {
     }
 
     /// Marks the device started (a ring was kicked) or stopped (reset). Returns the previous
-    /// state.
+    /// state. Stopping drops events held for the old session.
     pub fn set_started(&self, started: bool) -> bool {
         let mut state = lock(&self.shared.state);
         let was = std::mem::replace(&mut state.started, started);
         self.shared.state_changed.notify_all();
+        drop(state);
+        if !started {
+            let mut events = lock(&self.shared.events);
+            let stale = events.pending.len() as u64;
+            events.pending.clear();
+            events.dropped = events.dropped.saturating_add(stale);
+            self.shared.events_changed.notify_all();
+        }
         was
+    }
+
+    /// The device's event queue (queue 1): where [`GuestExposure::send_event`] writes. Called
+    /// by the device whenever a queue is kicked; held events go into buffers the driver
+    /// posted.
+    pub fn event_queue(&self, vring: &VringRwLock) {
+        let mut events = lock(&self.shared.events);
+        if events.vring.is_none() {
+            events.vring = Some(vring.clone());
+        }
+        events.flush(&self.shared.mem);
+        self.shared.events_changed.notify_all();
+    }
+
+    /// Events delivered, held and dropped so far.
+    pub fn event_stats(&self) -> EventStats {
+        lock(&self.shared.events).stats()
+    }
+
+    /// Waits until `pred` holds of the event counters (checked now and after every change),
+    /// or `timeout` passed; returns whether it holds.
+    pub fn wait_event_stats(&self, timeout: Duration, pred: impl Fn(&EventStats) -> bool) -> bool {
+        let events = lock(&self.shared.events);
+        let (events, _) = self
+            .shared
+            .events_changed
+            .wait_timeout_while(events, timeout, |e| !pred(&e.stats()))
+            .unwrap_or_else(PoisonError::into_inner);
+        pred(&events.stats())
+    }
+
+    /// Waits until at least `n` requests (maps, shared objects) are blocked waiting for the
+    /// guest to start the device, or `timeout` passed; returns whether they are.
+    pub fn wait_for_start_waiters(&self, n: usize, timeout: Duration) -> bool {
+        let state = lock(&self.shared.state);
+        let (state, _) = self
+            .shared
+            .state_changed
+            .wait_timeout_while(state, timeout, |s| s.waiting_for_start < n)
+            .unwrap_or_else(PoisonError::into_inner);
+        state.waiting_for_start >= n
     }
 
     /// Whether the device is started.
@@ -131,6 +277,13 @@ impl VhostExposure {
         if !sent {
             log::warn!("exposure thread gone: a scheduled job was dropped");
         }
+    }
+
+    /// Waits until every job queued on the exposure thread before this call (teardowns,
+    /// backend-channel requests) has run. Fails with [`ExposureError::Disconnected`] once the
+    /// connection ended.
+    pub fn flush(&self) -> Result<(), ExposureError> {
+        self.run(|_| Ok(()))
     }
 
     /// The connection ended: later requests fail with [`ExposureError::Disconnected`], jobs
@@ -208,11 +361,18 @@ impl Shared {
     }
 
     fn wait_started(&self) -> Result<(), ExposureError> {
-        let state = lock(&self.state);
-        let (state, _) = self
-            .state_changed
-            .wait_timeout_while(state, START_TIMEOUT, |s| !s.started && !s.closed)
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut state = lock(&self.state);
+        if !state.started && !state.closed {
+            state.waiting_for_start += 1;
+            self.state_changed.notify_all();
+            state = self
+                .state_changed
+                .wait_timeout_while(state, START_TIMEOUT, |s| !s.started && !s.closed)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            state.waiting_for_start = state.waiting_for_start.saturating_sub(1);
+            self.state_changed.notify_all();
+        }
         if state.closed {
             Err(ExposureError::Disconnected)
         } else if !state.started {
@@ -377,6 +537,23 @@ impl GuestExposure for VhostExposure {
 
     fn remove_shared_object(&self, uuid: Uuid) -> Result<(), ExposureError> {
         self.run(move |s| s.shared_object(uuid, false))
+    }
+
+    fn send_event(&self, message: &[u8]) -> Result<(), ExposureError> {
+        if lock(&self.shared.state).closed {
+            return Err(ExposureError::Disconnected);
+        }
+        let mut events = lock(&self.shared.events);
+        if events.pending.len() >= MAX_PENDING_EVENTS {
+            events.pending.pop_front();
+            events.dropped = events.dropped.saturating_add(1);
+        }
+        events.pending.push_back(message.to_vec());
+        if self.is_started() {
+            events.flush(&self.shared.mem);
+        }
+        self.shared.events_changed.notify_all();
+        Ok(())
     }
 
     fn with_guest_memory(&self, f: &mut dyn FnMut(&[GuestRegion<'_>])) {

@@ -6,8 +6,9 @@
 //! connection; [`HandlerFactory`] makes it when the VMM connects and hands it the
 //! [`GuestExposure`] of that connection.
 //!
-//! [`MinimalHandler`] is the stand-in until the session lands: Hello, Ping, and an
-//! `ErrorReply` for everything else.
+//! `bufbroker serve` plugs in `session::GuestHandler` (one session per guest).
+//! [`MinimalHandler`] answers Hello, Ping, and an `ErrorReply` for everything else: the test
+//! harness uses it to test the device without the session.
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use bufbroker_proto::wire::{
 
 use uuid::Uuid;
 
+use super::exposure::VhostExposure;
 use crate::exposure::GuestExposure;
 
 /// Why the guest's state must go.
@@ -66,6 +68,9 @@ pub struct GuestConnection {
     pub name: String,
     /// Backend-channel requests and the guest's memory table for this connection.
     pub exposure: Arc<dyn GuestExposure>,
+    /// The same exposure as the device's own type, for what only it offers: its event
+    /// counters and the waits on them and on the device's start.
+    pub vhost: Arc<VhostExposure>,
 }
 
 /// Makes the [`RequestHandler`] of each guest connection.

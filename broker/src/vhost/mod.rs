@@ -7,7 +7,8 @@
 //! 1. The guest driver posts a descriptor chain on the request queue (0): readable
 //!    descriptors with one wire message, then writable descriptors for the reply.
 //! 2. [`queue`] pops it, bounds and reads the request, and gives the bytes to the
-//!    connection's [`RequestHandler`] (the session; [`MinimalHandler`] until it lands).
+//!    connection's [`RequestHandler`] (the session's `GuestHandler`; [`MinimalHandler`] in
+//!    device-level tests).
 //! 3. The handler answers with one encoded message; [`queue`] writes it into the writable
 //!    descriptors, or an `ErrorReply(MESSAGE_TOO_LARGE)` if it does not fit. Malformed chains
 //!    get an `ErrorReply` too: guest input never panics the device or drops the connection.

@@ -168,6 +168,7 @@ pub fn serve_connection(
     let handler = factory.connect(GuestConnection {
         name: name.to_owned(),
         exposure: exposure.clone(),
+        vhost: exposure.clone(),
     });
     let device = Arc::new(BufbrokerDevice::new(
         DeviceConfig {

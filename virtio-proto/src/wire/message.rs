@@ -35,6 +35,8 @@ bitflags::bitflags! {
         const EVENTS = 1 << 4;
         /// Session-registered participants (`RegisterParticipant`, `UnregisterParticipant`).
         const REGISTERED_PARTICIPANTS = 1 << 5;
+        /// Buffers mapped into host VFIO devices' IOMMU domains; their IOVAs (`QueryIovas`).
+        const IOVA = 1 << 6;
     }
 }
 
@@ -441,6 +443,35 @@ pub struct LimitsReply {
     pub limits: WireLimits,
 }
 
+/// `QueryIovas` (request): where the host VFIO devices named in the buffer's `Allocate`
+/// reach it. Only the buffer's owner gets an answer; the IOVAs were set up by that `Allocate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct QueryIovas {
+    /// The buffer.
+    pub buffer: BufferId,
+}
+
+/// One buffer's mapping in one VFIO device's IOMMU domain.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IovaMapping {
+    /// The host participant's configured name (as the request named it), at most
+    /// `MAX_STRING` bytes.
+    pub participant: String,
+    /// IOVA of the buffer's first byte, as the device addresses it.
+    pub iova: u64,
+    /// Mapped length (the buffer's size rounded up to the IOMMU page).
+    pub len: u64,
+}
+
+/// `IovasReply`: the buffer's IOVA mappings, in the order of the request's participants.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IovasReply {
+    /// The buffer.
+    pub buffer: BufferId,
+    /// One entry per mapped device, at most `MAX_PARTICIPANTS`.
+    pub iovas: Vec<IovaMapping>,
+}
+
 /// `Event` (device → driver, on the event queue; request id 0): something changed that the
 /// driver did not ask for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -604,6 +635,8 @@ messages! {
     QueryStats = 0x000d,
     /// Ask for the broker's limits.
     QueryLimits = 0x000e,
+    /// Ask where host VFIO devices reach a buffer.
+    QueryIovas = 0x000f,
 
     /// An unsolicited notification (event queue).
     Event = 0x4001,
@@ -638,6 +671,8 @@ messages! {
     StatsReply = 0x800d,
     /// Reply to `QueryLimits`.
     LimitsReply = 0x800e,
+    /// Reply to `QueryIovas`.
+    IovasReply = 0x800f,
 }
 
 /// Which kind of message a type is.

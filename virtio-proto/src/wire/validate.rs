@@ -103,6 +103,12 @@ pub fn check_message(message: &Message) -> Result<(), LimitError> {
         Message::Event(Event::BufferRevoked { reason, .. }) => string("revocation reason", reason),
         Message::Event(Event::ParticipantGone { name }) => string("participant name", name),
         Message::Event(Event::QuotaChanged { .. }) => Ok(()),
+        Message::IovasReply(m) => {
+            count("IOVA mappings", m.iovas.len(), MAX_PARTICIPANTS)?;
+            m.iovas
+                .iter()
+                .try_for_each(|i| string("IOVA participant", &i.participant))
+        }
         Message::ErrorReply(m) => count("error message", m.message.len(), MAX_ERROR_MESSAGE),
         Message::RegisterParticipantReply(_)
         | Message::UnregisterParticipant(_)
@@ -119,6 +125,7 @@ pub fn check_message(message: &Message) -> Result<(), LimitError> {
         | Message::UnmapReply(_)
         | Message::QueryStats(_)
         | Message::QueryLimits(_)
+        | Message::QueryIovas(_)
         | Message::LimitsReply(_) => Ok(()),
     }
 }

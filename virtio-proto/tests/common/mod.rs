@@ -597,6 +597,27 @@ pub fn golden_messages() -> Vec<(&'static str, Message, u32)> {
         ("query_limits", QueryLimits.into(), 18),
         ("limits_reply", LimitsReply { limits }.into(), 18),
         (
+            "query_iovas",
+            QueryIovas {
+                buffer: BufferId(1),
+            }
+            .into(),
+            20,
+        ),
+        (
+            "iovas_reply",
+            IovasReply {
+                buffer: BufferId(1),
+                iovas: vec![IovaMapping {
+                    participant: "edu".into(),
+                    iova: 0x1000,
+                    len: 8192,
+                }],
+            }
+            .into(),
+            20,
+        ),
+        (
             "event_buffer_revoked",
             Event::BufferRevoked {
                 buffer: BufferId(1),
@@ -1134,6 +1155,21 @@ pub fn arb_message() -> impl Strategy<Value = Message> {
         .prop_map(|owners| StatsReply { owners }.into()),
         Just(QueryLimits.into()),
         arb_limits().prop_map(|limits| LimitsReply { limits }.into()),
+        arb_buffer().prop_map(|buffer| QueryIovas { buffer }.into()),
+        (
+            arb_buffer(),
+            prop::collection::vec(
+                (arb_string(16), any::<u64>(), any::<u64>()).prop_map(
+                    |(participant, iova, len)| IovaMapping {
+                        participant,
+                        iova,
+                        len
+                    }
+                ),
+                0..3
+            )
+        )
+            .prop_map(|(buffer, iovas)| IovasReply { buffer, iovas }.into()),
         arb_event().prop_map(Message::from),
         (any::<u16>(), arb_string(64)).prop_map(|(code, message)| ErrorReply::new(
             ErrorCode(code),
