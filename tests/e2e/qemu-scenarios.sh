@@ -179,6 +179,31 @@ wait_line "$work/broker.log" 'serving host processes' 30 1 "$broker_pid" >/dev/n
 wait_line "$work/broker.log" 'vm\.sock1: listening' 30 1 "$broker_pid" >/dev/null
 blog=$work/broker.log
 
+# ratio_of SERIAL_LOG NAME: the "Nx" ratio to the echo the self-test's --bench printed.
+ratio_of() { tr -d '\r' <"$1" | awk -v n="$2" '$1 == n && $3 ~ /x$/ { print $3; exit }'; }
+
+# arena_bench: the round trips again against a second broker whose [arenas] mode is "always"
+# (this host has no /dev/udmabuf, so the default "auto" maps every buffer on its own); prints
+# the allocation's ratio to the echo.
+arena_bench() {
+	local apid
+	printf '[arenas]\nmode = "always"\nkeep_warm = true\n' >"$work/arena.toml"
+	RUST_LOG=${RUST_LOG:-info} "$bufbroker" serve --socket-path "$work/arena.sock" \
+		--config "$work/arena.toml" >"$work/arena-broker.log" 2>&1 &
+	apid=$!
+	other_pids+=("$apid")
+	wait_line "$work/arena-broker.log" 'arena\.sock: listening' 30 1 "$apid" >/dev/null || return 1
+	boot arena bench "$work/arena.sock"
+	if ! check "round trips with arenas" guest_result arena "$vm_pid"; then
+		kill "$apid" 2>/dev/null || true
+		return 1
+	fi
+	kill "$apid" 2>/dev/null || true
+	wait "$apid" 2>/dev/null || true
+	sed -n '/round trips x/,/free /p' "$work/arena.serial.log" | tr -d '\r' | sed 's/^/  arena: /' >&2
+	ratio_of "$work/arena.serial.log" allocate
+}
+
 # --- a + b: zero copy, shared objects ------------------------------------------------------------
 # A second vhost-user device in the same VM, served by bufbroker-e2e-consumer, looks the
 # exported UUID up through QEMU (broken in QEMU 11.1.3: docs/qemu-11.1-shared-object-lookup.md;
@@ -218,8 +243,11 @@ scenario_share() {
 	check "guest self-test" guest_result share "$pid" || ok=0
 	sed -n '/round trips x/,/free /p' "$work/share.serial.log" | tr -d '\r' | sed 's/^/  /' >&2
 	tb=$(e2e_elapsed "$t")
-	record a.zero-copy "$([ "$ok" = 1 ] && echo pass || echo fail)" "$tb" \
-		"NV12 1080p in the host window, guest pattern read by a host client"
+	local own arena
+	own=$(ratio_of "$work/share.serial.log" allocate)
+	arena=$(arena_bench) || ok=0
+	record a.zero-copy "$([ "$ok" = 1 ] && echo pass || echo fail)" "$(e2e_elapsed "$t")" \
+		"NV12 1080p in the host window, guest pattern read by a host client; allocate = ${own:-?} echo (own SHMEM_MAP), ${arena:-?} (arena)"
 
 	ok=1
 	check "consumer backend ended with QEMU" wait "$cpid" || ok=0
@@ -238,9 +266,41 @@ wanted() { case "$only" in *"$1"*) return 0 ;; *) return 1 ;; esac }
 if wanted a || wanted b; then scenario_share; fi
 
 # --- c: guest-RAM placement ---------------------------------------------------------------------
-# The broker answers Placement::GuestRam with UNSUPPORTED (broker/src/session/mod.rs) and
-# guest-lib cannot describe a buffer's guest-physical pages yet: nothing to boot.
-wanted c && record c.guest-ram skip 0 "not implemented in the broker yet (Placement::GuestRam is refused)"
+# An NV12 320x240 buffer made of the guest process's own locked pages: the broker checks the
+# guest-physical ranges against QEMU's memory table and records the buffer. Sharing it needs
+# /dev/udmabuf on the host (the export's answer is printed, not required).
+scenario_guest_ram() {
+	local t ok=1 note="" line uuid size pid
+	t=$(e2e_now)
+	boot guestram guestram "$work/vm.sock0"
+	pid=$vm_pid
+	if line=$(wait_line "$work/guestram.serial.log" 'BUFBROKER-GUESTRAM-EXPORT ' "$guest_timeout" 1 "$pid"); then
+		read -r uuid size _ <<<"${line##*BUFBROKER-GUESTRAM-EXPORT }"
+		# Host clients get a dmabuf over the guest's pages where the host has /dev/udmabuf;
+		# without it the broker refuses the import with UNSUPPORTED.
+		if "$host_client" import --socket "$work/local.sock" --uuid "$uuid" --size "$size" \
+			>"$work/guestram-import.log" 2>&1; then
+			note="host client read the pattern from the guest's own pages"
+		elif grep -q UNSUPPORTED "$work/guestram-import.log"; then
+			note="host import refused with UNSUPPORTED ($([ -e /dev/udmabuf ] && echo "although" || echo "no") /dev/udmabuf on this host)"
+			[ -e /dev/udmabuf ] && ok=0
+		else
+			ok=0 note="host import failed"
+		fi
+		sed 's/^/  host: /' "$work/guestram-import.log" >&2
+		check "guest waiting on its sync port" \
+			wait_line "$work/guestram.serial.log" 'BUFBROKER-WAITING' 60 1 "$pid" >/dev/null || ok=0
+		sync_done guestram || ok=0
+	else
+		ok=0
+	fi
+	check "guest-RAM allocation" guest_result guestram "$pid" || ok=0
+	tr -d '\r' <"$work/guestram.serial.log" | grep -a '^guest-ram:' | sed 's/^/  /' >&2 || true
+	record c.guest-ram "$([ "$ok" = 1 ] && echo pass || echo fail)" "$(e2e_elapsed "$t")" \
+		"Placement::GuestRam over the guest's own pages, exported; ${note:-no export}"
+}
+
+if wanted c; then scenario_guest_ram; fi
 
 # --- d: real dmabuf heaps -----------------------------------------------------------------------
 if ! wanted d; then

@@ -5,7 +5,7 @@
 //! ```text
 //! bufbroker-guest-selftest [--pings N] [--bdf ADDR] [--virtio-id ID] [--timeout SECS]
 //!                          [--socket PATH | --fake] [--grant OWNER] [--wait PATH]
-//!                          [--bench N] [--hold N] [--fill N [--expect-quota]]
+//!                          [--bench N] [--guest-ram] [--hold N] [--fill N [--expect-quota]]
 //! ```
 //!
 //! Steps: `guest:open` (find, unbind, init the device), `guest:hello`, `guest:ping` (N pings,
@@ -21,8 +21,13 @@
 //! - `--wait PATH`: before `guest:free`, `guest:host-sync` reads PATH (a serial port the host
 //!   writes to) until a line `done` arrives, so the buffer lives while the host checks it.
 //! - `--bench N`: after `guest:free`, `guest:round-trips` times N echoes (`Ping`), N solves and
-//!   N allocate/free pairs (each allocation with its own SHMEM_MAP) and prints their medians
-//!   as ratios to the echo's.
+//!   N allocate/free pairs (host window: a SHMEM_MAP per buffer, or a slice of an arena mapped
+//!   once, as the broker is configured) and prints their medians as ratios to the echo's.
+//! - `--guest-ram`: only `guest:hello` and `guest:guest-ram`, which allocates an NV12 320x240 buffer
+//!   with `Placement::GuestRam` over this process's own locked pages (guest-physical ranges
+//!   from `/proc/self/pagemap`), writes the pattern into them, tries an export (printed); with
+//!   `--grant` grants it and prints `BUFBROKER-GUESTRAM-EXPORT <uuid> <size>`, with `--wait`
+//!   holds it until the host says `done`; then frees it.
 //! - `--hold N`: only `guest:hello` and `guest:hold` (N host-window buffers allocated),
 //!   prints `BUFBROKER-HOLDING N`, waits on `--wait` and exits without freeing (dropping the
 //!   transport resets the device).
@@ -37,7 +42,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use bufbroker_guest::bufbroker_proto::constraint::Usage;
-use bufbroker_guest::bufbroker_proto::wire::{Access, ErrorCode, Placement, SolveReply};
+use bufbroker_guest::bufbroker_proto::wire::{Access, ErrorCode, Features, Placement, SolveReply};
 use bufbroker_guest::bufbroker_proto::{Fourcc, Request};
 use bufbroker_guest::fake::{FakeBroker, FakeTransport};
 use bufbroker_guest::local::LocalTransport;
@@ -79,6 +84,7 @@ struct Extra {
     grant: Option<String>,
     wait: Option<String>,
     bench: u32,
+    guest_ram: bool,
     hold: u32,
     fill: u32,
     expect_quota: bool,
@@ -106,7 +112,12 @@ fn pattern(len: usize) -> Vec<u8> {
 fn run<T: Transport>(report: &mut Report, transport: Option<T>, pings: u32, extra: &Extra) {
     let mut client = report.step("guest:hello", || {
         let t = transport.ok_or("no transport")?;
-        let c = Client::connect(t, &ClientOptions::default()).map_err(|e| chain(&e))?;
+        let mut options = ClientOptions::default();
+        if extra.guest_ram {
+            // Not in the library's defaults: it builds no guest-physical ranges itself.
+            options.features |= Features::GUEST_RAM;
+        }
+        let c = Client::connect(t, &options).map_err(|e| chain(&e))?;
         let s = c.session();
         println!(
             "session: version {} features {:#x} broker {:?}",
@@ -122,6 +133,12 @@ fn run<T: Transport>(report: &mut Report, transport: Option<T>, pings: u32, extr
     }
     if extra.fill > 0 {
         fill(report, client.as_mut(), extra);
+        return;
+    }
+    if extra.guest_ram {
+        report.step("guest:guest-ram", || {
+            guest_ram(client.as_mut().ok_or("no client")?, extra)
+        });
         return;
     }
     report.step("guest:ping", || {
@@ -248,7 +265,7 @@ fn bench<T: Transport>(c: &mut Client<T>, request: &Request, n: u32) -> Result<(
     }
     let e = median(echo);
     let ratio = |d: Duration| d.as_secs_f64() / e.as_secs_f64().max(1e-9);
-    println!("round trips x{n} (medians; allocation = own SHMEM_MAP, free = SHMEM_UNMAP):");
+    println!("round trips x{n} (medians, one request in flight):");
     println!("  echo     {e:>10.1?}  1.0x");
     for (name, d) in [
         ("solve", median(solve)),
@@ -257,6 +274,72 @@ fn bench<T: Transport>(c: &mut Client<T>, request: &Request, n: u32) -> Result<(
     ] {
         println!("  {name:<8} {d:>10.1?}  {:.1}x", ratio(d));
     }
+    Ok(())
+}
+
+/// `Placement::GuestRam`: an NV12 320x240 buffer made of this process's own locked pages
+/// (small enough for the 256-range limit however scattered the pages are), the pattern
+/// written into them, then an export attempt (printed: sharing needs `/dev/udmabuf` on the
+/// host) and free.
+fn guest_ram<T: Transport>(c: &mut Client<T>, extra: &Extra) -> Result<(), String> {
+    use bufbroker_guest::bufbroker_proto::wire::{GuestRange, Location};
+    use bufbroker_guest::virtio_pci::dma::{DmaMemory, PAGE_SIZE};
+    let request = Request {
+        width: 320,
+        height: 240,
+        ..nv12_request()
+    };
+    let size = match c.solve(&request).map_err(|e| chain(&e))? {
+        SolveReply::Solved(s) => s.plans.first().ok_or("no plan")?.size,
+        SolveReply::Unsatisfiable(d) => return Err(format!("unsatisfiable: {d}")),
+    };
+    let len = usize::try_from(size)
+        .map_err(|e| e.to_string())?
+        .div_ceil(PAGE_SIZE)
+        * PAGE_SIZE;
+    let mem = DmaMemory::new(len).map_err(|e| chain(&e))?;
+    let ranges: Vec<GuestRange> = mem
+        .runs(0, len)
+        .ok_or("no physical addresses")?
+        .into_iter()
+        .map(|(addr, l)| GuestRange {
+            addr,
+            len: u64::from(l),
+        })
+        .collect();
+    let n = ranges.len();
+    let a = c
+        .allocate(&request, Placement::GuestRam { ranges })
+        .map_err(|e| chain(&e))?;
+    let b = a.buffers.first().ok_or("no buffer")?;
+    if b.info.location != Location::GuestRam {
+        return Err(format!("location {:?}", b.info.location));
+    }
+    let data = pattern(len);
+    if !mem.write_bytes(0, &data) {
+        return Err("pattern out of bounds".into());
+    }
+    println!(
+        "guest-ram: {} bytes in {n} guest-physical ranges of this process's pages, {}",
+        a.plan.size,
+        b.id()
+    );
+    match c.export(b.id()) {
+        Ok(uuid) => {
+            println!("guest-ram: exported as {uuid}");
+            if let Some(grantee) = &extra.grant {
+                c.grant(b.id(), grantee, Access::ReadOnly)
+                    .map_err(|e| chain(&e))?;
+                println!("BUFBROKER-GUESTRAM-EXPORT {uuid} {}", a.plan.size);
+                if let Some(path) = &extra.wait {
+                    wait_done(path)?;
+                }
+            }
+        }
+        Err(e) => println!("guest-ram: export refused: {}", chain(&e)),
+    }
+    c.free(b.id()).map_err(|e| chain(&e))?;
+    drop(mem);
     Ok(())
 }
 
@@ -373,6 +456,7 @@ fn main() -> ExitCode {
             "--grant" => extra.grant = Some(value()),
             "--wait" => extra.wait = Some(value()),
             "--bench" => extra.bench = value().parse().unwrap_or(0),
+            "--guest-ram" => extra.guest_ram = true,
             "--hold" => extra.hold = value().parse().unwrap_or(0),
             "--fill" => extra.fill = value().parse().unwrap_or(0),
             "--expect-quota" => extra.expect_quota = true,

@@ -20,6 +20,14 @@ hold)
 smoke)
 	$st --pings 10
 	;;
+bench)
+	# a, second broker with arenas: the same round trips, allocations carved from an arena.
+	$st --pings 10 --bench "${E2E_BENCH:-30}"
+	;;
+guestram)
+	# c: a buffer of the guest's own pages (Placement::GuestRam).
+	$st --guest-ram --grant "${E2E_GRANTEE:?}" --wait /dev/ttyS1
+	;;
 over)
 	# f: allocate until the quota refuses; hold the buffers until the host has checked.
 	$st --fill 10 --expect-quota --wait /dev/ttyS1
