@@ -112,7 +112,7 @@ fn guest_buffer_in_the_window_is_the_host_clients_buffer() {
 }
 
 #[test]
-fn guest_reset_frees_its_buffers_and_unmaps_the_window() {
+fn guest_reset_frees_its_buffers_without_unmapping() {
     let s = setup();
     let before = s.broker.registry().total_bytes();
     let mut vmm = Vmm::connect_and_start(s.device.socket(), VmmOptions::default()).unwrap();
@@ -124,14 +124,21 @@ fn guest_reset_frees_its_buffers_and_unmaps_the_window() {
     assert!(s.broker.registry().total_bytes() > before);
 
     vmm.reset().unwrap();
-    assert!(vmm.channel.wait_for(WAIT, |events| {
-        events
+    // Freed, but no SHMEM_UNMAP: QEMU 11.1.3 drops a reset device's mappings itself and
+    // segfaults on an unmap while the device is stopped (tests/e2e/qemu-scenarios.sh, e).
+    assert!(
+        s.broker
+            .registry()
+            .wait_until(WAIT, |r| r.total_bytes() == before)
+    );
+    assert!(
+        !vmm.channel
+            .events()
             .iter()
-            .filter(|e| matches!(e, ChannelEvent::ShmemUnmap { .. }))
-            .count()
-            == 3
-    }));
-    assert_eq!(s.broker.registry().total_bytes(), before);
+            .any(|e| matches!(e, ChannelEvent::ShmemUnmap { .. })),
+        "{:?}",
+        vmm.channel.events()
+    );
 
     // The device serves again after the reset: a new session that must say Hello first.
     vmm.start().unwrap();
