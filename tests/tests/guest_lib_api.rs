@@ -401,3 +401,47 @@ fn harness_transport_times_out_once_and_is_broken_afterwards() {
         ClientError::Transport(TransportError::Broken)
     ));
 }
+
+#[test]
+fn host_client_maps_a_guest_arena_buffer_it_imported() {
+    // With arenas the guest's buffers are carved from one memfd: a host client's import comes
+    // as that memfd, with plane offsets relative to it (the buffer starts inside it).
+    let config = Config {
+        arenas: bufbroker::config::ArenaConfig {
+            mode: bufbroker::config::ArenaMode::Always,
+            size: 16 << 20,
+            keep_warm: false,
+        },
+        ..Config::default()
+    };
+    let s = FullBroker::start(config, 64 << 20).unwrap();
+    let mut g = guest(&s);
+    let mut h = host(&s);
+
+    // The second buffer of the arena starts past its beginning.
+    let request = cpu_request(XRGB8888, 256, 64, 2, "guest cpu");
+    let alloc = g.allocate(&request, Placement::HostWindow).unwrap();
+    let buffer = &alloc.buffers[1];
+    let Location::HostWindow { offset, .. } = buffer.info.location else {
+        panic!("not in the window: {:?}", buffer.info.location)
+    };
+    assert!(offset > 0);
+    let written = pattern(11, 4096);
+    g.map(buffer, &alloc.plan)
+        .unwrap()
+        .write_at(0, &written)
+        .unwrap();
+    g.map(&alloc.buffers[0], &alloc.plan)
+        .unwrap()
+        .fill(0, 4096, 0xee)
+        .unwrap();
+    let uuid = g.export(buffer.id()).unwrap();
+    g.grant(buffer.id(), &host_owner(), Access::ReadWrite)
+        .unwrap();
+
+    let imported = h.import(uuid, ImportView::HostClient).unwrap();
+    let start = imported.plan.planes[0].offset;
+    assert!(start == 0 || start == offset, "plane offset {start:#x}");
+    let map = h.map(&imported.buffer, &imported.plan).unwrap();
+    assert_eq!(read(&map, start as usize, 4096), written);
+}
