@@ -382,7 +382,11 @@ impl<T: Transport> Client<T> {
             return Err(unexpected(MessageType::ImportReply, &reply));
         };
         let ty = MessageType::Import;
-        check_plan(ty, &r.plan)?;
+        if matches!(r.buffer.location, Location::HostClient { .. }) {
+            check_fd_plan(ty, &r.plan)?;
+        } else {
+            check_plan(ty, &r.plan)?;
+        }
         if r.buffer.uuid != uuid {
             return Err(invalid(ty, format!("answers UUID {}", r.buffer.uuid)));
         }
@@ -435,7 +439,10 @@ impl<T: Transport> Client<T> {
     }
 
     /// Maps a buffer's bytes into this process: a range of the host window, or the buffer's fd.
-    /// The view covers `plan.size` bytes.
+    /// A window view covers `plan.size` bytes. An fd view starts at the fd's first byte, as
+    /// the plane offsets do, and ends at the end of the last plane (at least `plan.size`
+    /// bytes): an imported buffer may start inside its fd (an arena file, PROTOCOL.md
+    /// "ImportReply to a host client"), where its planes' offsets include its start.
     pub fn map(&self, buffer: &Buffer, plan: &Plan) -> Result<BufferMap, ClientError> {
         let id = buffer.id();
         match buffer.info.location {
@@ -448,9 +455,17 @@ impl<T: Transport> Client<T> {
                     .fd
                     .as_ref()
                     .ok_or(ClientError::NotMappable(id, buffer.info.location))?;
-                let region = MappedRegion::map_file(fd, plan.size, true)
+                let extent = fd_extent(plan).ok_or(ClientError::Map(
+                    id,
+                    MapError::OutOfBounds {
+                        offset: 0,
+                        len: u64::MAX,
+                        size: u64::MAX,
+                    },
+                ))?;
+                let region = MappedRegion::map_file(fd, extent, true)
                     .map_err(|e| ClientError::Map(id, e))?;
-                BufferMap::new(std::sync::Arc::new(region), 0, plan.size)
+                BufferMap::new(std::sync::Arc::new(region), 0, extent)
                     .map_err(|e| ClientError::Map(id, e))
             }
             loc @ (Location::Unmapped | Location::GuestRam) => {
@@ -621,6 +636,26 @@ fn check_plan(ty: MessageType, plan: &Plan) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// Checks the plan of a buffer that came as an fd: its plane offsets are relative to the fd,
+/// which may start before the buffer (an arena file), so the planes must fit in `plan.size`
+/// bytes from the first plane's offset.
+fn check_fd_plan(ty: MessageType, plan: &Plan) -> Result<(), ClientError> {
+    let start = plan.planes.iter().map(|p| p.offset).min().unwrap_or(0);
+    let mut relative = plan.clone();
+    for p in &mut relative.planes {
+        p.offset = p.offset.saturating_sub(start);
+    }
+    check_plan(ty, &relative)
+}
+
+/// Bytes of an fd that hold a buffer of `plan`: up to the end of its last plane, at least
+/// `plan.size`. `None` on overflow.
+fn fd_extent(plan: &Plan) -> Option<u64> {
+    plan.planes.iter().try_fold(plan.size, |extent, p| {
+        Some(extent.max(p.offset.checked_add(p.size)?))
+    })
+}
+
 fn unexpected(expected: MessageType, got: &Message) -> ClientError {
     ClientError::UnexpectedReply {
         expected,
@@ -634,4 +669,49 @@ fn invalid(request: MessageType, reason: String) -> ClientError {
 
 fn wrong_buffer(request: MessageType, sent: BufferId, got: BufferId) -> ClientError {
     invalid(request, format!("answers {got} instead of {sent}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use bufbroker_proto::{Fourcc, Usage};
+
+    use super::*;
+    use crate::fake::{FakeBroker, FakeTransport};
+
+    fn nv12_plan() -> Plan {
+        let t = FakeTransport::new(FakeBroker::new(), 1 << 24).unwrap();
+        let mut client = Client::connect(t, &ClientOptions::default()).unwrap();
+        let request = Request {
+            width: 64,
+            height: 64,
+            formats: vec![Fourcc::from_chars(*b"NV12")],
+            usage: Usage::CPU_WRITE,
+            participants: vec![crate::participants::cpu()],
+            count: 1,
+        };
+        client
+            .allocate(&request, Placement::HostWindow)
+            .unwrap()
+            .plan
+    }
+
+    #[test]
+    fn fd_plan_may_start_inside_its_fd_but_must_fit_its_size() {
+        let mut plan = nv12_plan();
+        assert_eq!(fd_extent(&plan), Some(plan.size));
+        // An arena buffer 64 KiB into its memfd (PROTOCOL.md, ImportReply to a host client).
+        for p in &mut plan.planes {
+            p.offset += 0x10000;
+        }
+        assert!(check_plan(MessageType::Import, &plan).is_err());
+        check_fd_plan(MessageType::Import, &plan).unwrap();
+        let last_end = plan.planes.iter().map(|p| p.offset + p.size).max();
+        assert_eq!(fd_extent(&plan), last_end);
+
+        // Planes spread over more than the buffer's size are still refused.
+        plan.planes[1].offset += plan.size;
+        assert!(check_fd_plan(MessageType::Import, &plan).is_err());
+        plan.planes[1].offset = u64::MAX;
+        assert_eq!(fd_extent(&plan), None);
+    }
 }

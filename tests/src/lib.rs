@@ -13,6 +13,8 @@
 //!   (virtio-queue's `MockSplitQueue` lays out 256-entry rings wrongly and never wraps).
 //! - [`session::FullBroker`] is one broker behind the device and a local socket; [`session`]
 //!   also holds the guest's side of a session (Hello, requests, allocations).
+//! - [`transport::HarnessTransport`] is `bufbroker_guest::Transport` over a [`vmm::Vmm`]:
+//!   the guest library's `Client` through the device, as inside a guest.
 //!
 //! - [`e2e`]: what the host-side binaries of `tests/e2e/qemu-scenarios.sh` share.
 //!
@@ -23,6 +25,7 @@ pub mod e2e;
 pub mod memory;
 pub mod ring;
 pub mod session;
+pub mod transport;
 pub mod vmm;
 
 use thiserror::Error;

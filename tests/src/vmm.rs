@@ -1,13 +1,15 @@
 //! The VMM side: what QEMU does for a vhost-user device, in process.
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use bufbroker_guest::MappedRegion;
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::fs::MemfdFlags;
 use rustix::mm::{MapFlags, ProtFlags};
 use uuid::Uuid;
 use vhost::vhost_user::message::{
@@ -78,12 +80,13 @@ pub enum ChannelEvent {
 }
 
 /// The VMM's shared-memory window: an address range reserved at connection, into which
-/// SHMEM_MAP maps files (as QEMU maps them into the device's BAR).
+/// SHMEM_MAP maps files (as QEMU maps them into the device's BAR). The reservation is a
+/// [`MappedRegion`] so that a guest-library transport can hand the same mapping to
+/// `Client::map` (as the userspace driver hands out its mapping of the BAR); it stays mapped
+/// while any clone of the `Arc` lives.
 #[derive(Debug)]
 struct Window {
-    /// Start of the reservation (an address, not dereferenced outside `unsafe` blocks).
-    base: usize,
-    size: usize,
+    region: Arc<MappedRegion>,
 }
 
 impl Window {
@@ -91,20 +94,27 @@ impl Window {
         if size == 0 {
             return Ok(None);
         }
-        // SAFETY: a fresh anonymous PROT_NONE mapping at an address the kernel picks touches
-        // no existing memory.
-        let base = unsafe {
+        // `MappedRegion` only maps files: map a sparse memfd of the window's size (nothing is
+        // allocated until touched), then turn the whole range into PROT_NONE so that what is
+        // not mapped by SHMEM_MAP is inaccessible, as before.
+        let fd = rustix::fs::memfd_create("bufbroker-harness-window", MemfdFlags::CLOEXEC)
+            .context("memfd for the window")?;
+        rustix::fs::ftruncate(&fd, size as u64).context("sizing the window memfd")?;
+        let region =
+            MappedRegion::map_fd(fd.as_fd(), size, true).context("reserving the window")?;
+        // SAFETY: the range is exactly the mapping just made, which nothing else uses yet;
+        // MAP_FIXED replaces it in place, so the region's later munmap covers it.
+        unsafe {
             rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
+                region.as_ptr().cast(),
                 size,
                 ProtFlags::empty(),
-                MapFlags::PRIVATE | MapFlags::NORESERVE,
+                MapFlags::PRIVATE | MapFlags::FIXED | MapFlags::NORESERVE,
             )
         }
         .context("reserving the window")?;
         Ok(Some(Window {
-            base: base as usize,
-            size,
+            region: Arc::new(region),
         }))
     }
 
@@ -113,12 +123,14 @@ impl Window {
         let offset = usize::try_from(offset).map_err(|_| bad())?;
         let len = usize::try_from(len).map_err(|_| bad())?;
         if len == 0
-            || offset.checked_add(len).is_none_or(|end| end > self.size)
+            || offset
+                .checked_add(len)
+                .is_none_or(|end| end > self.region.len())
             || offset % 4096 != 0
         {
             return Err(bad());
         }
-        Ok((self.base + offset, len))
+        Ok((self.region.as_ptr() as usize + offset, len))
     }
 
     fn map(&self, req: &VhostUserMMap, fd: BorrowedFd<'_>) -> std::io::Result<()> {
@@ -129,8 +141,9 @@ impl Window {
         } else {
             ProtFlags::READ
         };
-        // SAFETY: [addr, addr+len) lies inside our own reservation (checked by `range`), which
-        // nothing else in the process uses; MAP_FIXED replaces only that part of it.
+        // SAFETY: [addr, addr+len) lies inside our own reservation (checked by `range`), into
+        // which nothing else maps; its other users (`window_region`) only copy through raw
+        // pointers, never hold references into it; MAP_FIXED replaces only that part of it.
         unsafe {
             rustix::mm::mmap(
                 addr as *mut _,
@@ -166,13 +179,6 @@ impl Window {
         // may write is a plain byte copy.
         unsafe { std::ptr::copy_nonoverlapping(addr as *const u8, out.as_mut_ptr(), len) };
         Ok(out)
-    }
-}
-
-impl Drop for Window {
-    fn drop(&mut self) {
-        // SAFETY: the reservation (and anything mapped into it) is ours and unused now.
-        let _ = unsafe { rustix::mm::munmap(self.base as *mut _, self.size) };
     }
 }
 
@@ -216,6 +222,13 @@ impl ChannelLog {
             .ok_or_else(|| HarnessError("the device has no window".into()))?
             .read(offset, len)
             .context("reading the window")
+    }
+
+    /// The window reservation itself (`None` when the device has no window): the mapping a
+    /// guest library reaches host-window buffers through. Ranges the device did not map (or
+    /// unmapped again) are `PROT_NONE`: touching them faults, as on a BAR hole.
+    pub fn window_region(&self) -> Option<Arc<MappedRegion>> {
+        lock(&self.window).as_ref().map(|w| w.region.clone())
     }
 }
 
@@ -587,6 +600,13 @@ impl Vmm {
     /// Waits up to `timeout` for the used element of any chain on queue `q`; returns its head
     /// and the reply bytes (from the data slot, for chains made by [`Vmm::submit`]).
     pub fn wait_used(&mut self, q: usize, timeout: Duration) -> Result<(u16, Vec<u8>)> {
+        self.poll_used(q, timeout)?
+            .ok_or_else(|| HarnessError(format!("no used element on queue {q} within {timeout:?}")))
+    }
+
+    /// As [`Vmm::wait_used`], but `Ok(None)` when nothing was used within `timeout` (zero:
+    /// only what is already there).
+    pub fn poll_used(&mut self, q: usize, timeout: Duration) -> Result<Option<(u16, Vec<u8>)>> {
         let deadline = Instant::now() + timeout;
         loop {
             let mem = self.mem.clone();
@@ -597,18 +617,22 @@ impl Vmm {
                     .and_then(Option::take);
                 let mut reply = vec![0u8; len as usize];
                 if let Some(slot) = slot {
+                    self.free_slots.push(slot);
+                    if u64::from(len) > SLOT_SIZE / 2 {
+                        return Err(HarnessError(format!(
+                            "the device used {len} bytes of a {}-byte reply area",
+                            SLOT_SIZE / 2
+                        )));
+                    }
                     self.mem
                         .read_slice(&mut reply, GuestAddress(slot + SLOT_SIZE / 2))
                         .context("reading the reply")?;
-                    self.free_slots.push(slot);
                 }
-                return Ok((head, reply));
+                return Ok(Some((head, reply)));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(HarnessError(format!(
-                    "no used element on queue {q} within {timeout:?}"
-                )));
+                return Ok(None);
             }
             self.wait_call(q, left)?;
         }
@@ -640,6 +664,13 @@ impl Vmm {
 
     /// Waits up to `timeout` for the device to fill an event buffer; returns its bytes.
     pub fn wait_event(&mut self, timeout: Duration) -> Result<Vec<u8>> {
+        self.poll_event(timeout)?
+            .ok_or_else(|| HarnessError(format!("no event within {timeout:?}")))
+    }
+
+    /// As [`Vmm::wait_event`], but `Ok(None)` when no event came within `timeout` (zero: only
+    /// what is already there). The buffer is not posted again ([`Vmm::post_event_buffers`]).
+    pub fn poll_event(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>> {
         let deadline = Instant::now() + timeout;
         loop {
             let mem = self.mem.clone();
@@ -649,15 +680,20 @@ impl Vmm {
                     .get_mut(usize::from(head))
                     .and_then(Option::take)
                     .ok_or_else(|| HarnessError(format!("event head {head} was not posted")))?;
+                if len > EVENT_BUFFER_BYTES {
+                    return Err(HarnessError(format!(
+                        "the device used {len} bytes of a {EVENT_BUFFER_BYTES}-byte event buffer"
+                    )));
+                }
                 let mut event = vec![0u8; len as usize];
                 self.mem
                     .read_slice(&mut event, GuestAddress(addr))
                     .context("reading an event")?;
-                return Ok(event);
+                return Ok(Some(event));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(HarnessError(format!("no event within {timeout:?}")));
+                return Ok(None);
             }
             self.wait_call(1, left)?;
         }
