@@ -248,3 +248,59 @@ fn clients_over_the_limit_are_closed_and_the_connected_ones_keep_being_served() 
     assert!(matches!(reply, Message::AllocateReply(_)), "{reply:?}");
     assert_eq!(fds.len(), 1);
 }
+
+#[test]
+fn a_read_only_grant_gives_an_fd_that_cannot_be_mapped_writable() {
+    use bufbroker::heap::Mapping;
+    use bufbroker_proto::wire::{Access, Export, Grant, Import, ImportView};
+    let f = start(Config::default());
+    let (mut owner, _) = Client::connect_hello(&f.path, Features::all()).unwrap();
+    let (mut reader, _) = Client::connect_hello(&f.path, Features::all()).unwrap();
+    let (reply, fds) = owner.request(&allocate(64, 64, 1)).unwrap();
+    let Message::AllocateReply(alloc) = reply else {
+        panic!("expected AllocateReply, got {reply:?}")
+    };
+    let id = alloc.buffers[0].id;
+    let size = alloc.plan.size;
+    Mapping::new(std::os::fd::AsFd::as_fd(&fds[0]), 0, size, true)
+        .unwrap()
+        .write_at(0, b"owner")
+        .unwrap();
+    let (reply, _) = owner
+        .request(&Message::Export(Export { buffer: id }))
+        .unwrap();
+    let Message::ExportReply(export) = reply else {
+        panic!("expected ExportReply, got {reply:?}")
+    };
+    let uid = rustix::process::getuid().as_raw();
+    let (reply, _) = owner
+        .request(&Message::Grant(Grant {
+            buffer: id,
+            grantee: format!("uid:{uid}"),
+            access: Access::ReadOnly,
+        }))
+        .unwrap();
+    assert!(matches!(reply, Message::GrantReply(_)), "{reply:?}");
+
+    let (reply, fds) = reader
+        .request(&Message::Import(Import {
+            uuid: export.uuid,
+            view: ImportView::HostClient,
+        }))
+        .unwrap();
+    let Message::ImportReply(import) = reply else {
+        panic!("expected ImportReply, got {reply:?}")
+    };
+    assert_eq!(import.access, Access::ReadOnly);
+    let fd = std::os::fd::AsFd::as_fd(&fds[0]);
+    assert!(
+        Mapping::new(fd, 0, size, true).is_err(),
+        "a read-only grant mapped writable"
+    );
+    let mut seen = [0u8; 5];
+    Mapping::new(fd, 0, size, false)
+        .unwrap()
+        .read_at(0, &mut seen)
+        .unwrap();
+    assert_eq!(&seen, b"owner");
+}

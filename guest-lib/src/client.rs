@@ -133,6 +133,9 @@ pub struct Buffer {
     pub info: BufferInfo,
     /// The buffer's fd, for `Location::HostClient`.
     pub fd: Option<OwnedFd>,
+    /// What this client may do with it: `ReadOnly` for a read-only grant, whose mappings
+    /// refuse writes.
+    pub access: Access,
 }
 
 impl Buffer {
@@ -391,9 +394,10 @@ impl<T: Transport> Client<T> {
             return Err(invalid(ty, format!("answers UUID {}", r.buffer.uuid)));
         }
         let mut buffers = self.adopt_buffers(ty, &r.plan, vec![r.buffer], fds)?;
-        let buffer = buffers
+        let mut buffer = buffers
             .pop()
             .ok_or_else(|| invalid(ty, "no buffer".into()))?;
+        buffer.access = r.access;
         Ok(Imported {
             buffer,
             plan: r.plan,
@@ -448,7 +452,9 @@ impl<T: Transport> Client<T> {
         match buffer.info.location {
             Location::HostWindow { offset, .. } => {
                 let window = self.transport.window().ok_or(ClientError::NoWindow(id))?;
-                BufferMap::new(window, offset, plan.size).map_err(|e| ClientError::Map(id, e))
+                BufferMap::new(window, offset, plan.size)
+                    .map(|m| m.with_access(buffer.access))
+                    .map_err(|e| ClientError::Map(id, e))
             }
             Location::HostClient { .. } => {
                 let fd = buffer
@@ -463,7 +469,8 @@ impl<T: Transport> Client<T> {
                         size: u64::MAX,
                     },
                 ))?;
-                let region = MappedRegion::map_file(fd, extent, true)
+                let writable = buffer.access == Access::ReadWrite;
+                let region = MappedRegion::map_file(fd, extent, writable)
                     .map_err(|e| ClientError::Map(id, e))?;
                 BufferMap::new(std::sync::Arc::new(region), 0, extent)
                     .map_err(|e| ClientError::Map(id, e))
@@ -569,7 +576,11 @@ impl<T: Transport> Client<T> {
                 }
                 _ => None,
             };
-            buffers.push(Buffer { info, fd });
+            buffers.push(Buffer {
+                info,
+                fd,
+                access: Access::ReadWrite,
+            });
         }
         Ok(buffers)
     }

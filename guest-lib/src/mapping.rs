@@ -179,6 +179,7 @@ pub struct BufferMap {
     region: Arc<MappedRegion>,
     offset: usize,
     len: usize,
+    writable: bool,
 }
 
 impl BufferMap {
@@ -193,11 +194,20 @@ impl BufferMap {
                 size: region.len() as u64,
             });
         };
+        let writable = region.writable;
         Ok(BufferMap {
             region,
             offset: o,
             len: l,
+            writable,
         })
+    }
+
+    /// This view with writes refused when `access` is read-only (a read-only grant mapped
+    /// through the writable shared-memory window).
+    pub fn with_access(mut self, access: bufbroker_proto::wire::Access) -> Self {
+        self.writable &= access == bufbroker_proto::wire::Access::ReadWrite;
+        self
     }
 
     /// Length in bytes.
@@ -251,7 +261,7 @@ impl BufferMap {
     }
 
     fn check_writable(&self) -> Result<(), MapError> {
-        if self.region.writable {
+        if self.writable {
             Ok(())
         } else {
             Err(MapError::ReadOnly)
@@ -293,6 +303,23 @@ mod tests {
         let mut out = [9u8; 4];
         map.read_at(0, &mut out).unwrap();
         assert_eq!(out, [0; 4]);
+    }
+
+    #[test]
+    fn a_read_only_view_of_a_writable_window_refuses_writes() {
+        let fd = memfd(8192);
+        let window = Arc::new(MappedRegion::map_fd(fd.as_fd(), 8192, true).unwrap());
+        let map = BufferMap::new(window.clone(), 4096, 4096)
+            .unwrap()
+            .with_access(bufbroker_proto::wire::Access::ReadOnly);
+        assert!(matches!(map.write_at(0, &[1]), Err(MapError::ReadOnly)));
+        let writable = BufferMap::new(window, 4096, 4096)
+            .unwrap()
+            .with_access(bufbroker_proto::wire::Access::ReadWrite);
+        writable.write_at(0, &[7]).unwrap();
+        let mut out = [0u8; 1];
+        map.read_at(0, &mut out).unwrap();
+        assert_eq!(out, [7]);
     }
 
     #[test]

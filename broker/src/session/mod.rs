@@ -25,6 +25,20 @@ mod iova;
 mod plan_cache;
 mod window;
 
+/// A new, read-only open of the file behind `fd` (through `/proc/self/fd`), so that a
+/// read-only grant cannot be mapped writable by the importer. Works for memfds; a dmabuf (an
+/// anonymous inode) cannot be reopened, and is then refused rather than sent writable.
+fn reopen_read_only(fd: &OwnedFd) -> Result<OwnedFd, SessionError> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    rustix::fs::open(
+        path.as_str(),
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|_| SessionError::Unsupported("read-only descriptors of this buffer's memory"))
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -655,7 +669,9 @@ impl Session {
         fds: &mut Vec<OwnedFd>,
     ) -> Result<Location, SessionError> {
         match placement {
-            Placement::HostClient => self.send_fd(buffer.id, fds).map(|(location, _)| location),
+            Placement::HostClient => self
+                .send_fd(buffer.id, Access::ReadWrite, fds)
+                .map(|(location, _)| location),
             Placement::HostWindow => self.map_window(buffer.id, true),
             Placement::GuestRam { .. } => Err(SessionError::Unsupported("guest-RAM placement")),
         }
@@ -666,9 +682,14 @@ impl Session {
     fn send_fd(
         &self,
         id: BufferId,
+        access: Access,
         fds: &mut Vec<OwnedFd>,
     ) -> Result<(Location, u64), SessionError> {
         let (fd, offset) = self.broker.registry().dup_fd(self.owner, id)?;
+        let fd = match access {
+            Access::ReadWrite => fd,
+            Access::ReadOnly => reopen_read_only(&fd)?,
+        };
         let fd_index = u32::try_from(fds.len()).unwrap_or(u32::MAX);
         fds.push(fd);
         Ok((Location::HostClient { fd_index }, offset))
@@ -824,7 +845,7 @@ impl Session {
             ImportView::None => Location::Unmapped,
             ImportView::HostWindow => self.map_window(view.id, view.access == Access::ReadWrite)?,
             ImportView::HostClient => {
-                let (location, fd_offset) = self.send_fd(view.id, &mut reply.fds)?;
+                let (location, fd_offset) = self.send_fd(view.id, view.access, &mut reply.fds)?;
                 // The descriptor starts before the buffer (an arena memfd): plane offsets are
                 // relative to the descriptor, as for any multi-plane dmabuf.
                 for plane in &mut plan.planes {
@@ -847,7 +868,9 @@ impl Session {
 
     fn map(&self, m: &Map) -> Result<Reply, SessionError> {
         self.require(Features::HOST_WINDOW, "HOST_WINDOW")?;
-        match self.map_window(m.buffer, true)? {
+        // An importer holding a read-only grant gets a read-only window mapping.
+        let access = self.broker.registry().get(self.owner, m.buffer)?.access;
+        match self.map_window(m.buffer, access == Access::ReadWrite)? {
             Location::HostWindow { shmid, offset, len } => Ok(Reply::new(MapReply {
                 buffer: m.buffer,
                 shmid,
