@@ -420,6 +420,7 @@ pub fn send_with_fds(
 pub struct FakeTransport {
     broker: FakeBroker,
     window: Arc<MappedRegion>,
+    window_file: OwnedFd,
     events: VecDeque<Vec<u8>>,
 }
 
@@ -437,6 +438,7 @@ impl FakeTransport {
         Ok(FakeTransport {
             broker: broker.with_window(window.clone()),
             window,
+            window_file: fd,
             events: VecDeque::new(),
         })
     }
@@ -463,5 +465,9 @@ impl Transport for FakeTransport {
 
     fn window(&self) -> Option<Arc<MappedRegion>> {
         Some(self.window.clone())
+    }
+
+    fn window_fd(&self) -> Option<OwnedFd> {
+        self.window_file.try_clone().ok()
     }
 }

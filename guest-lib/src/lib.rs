@@ -10,8 +10,12 @@
 //! - [`local::LocalTransport`]: on the host, the broker's Unix socket; buffers come as fds.
 //! - [`fake::FakeTransport`] / [`fake::FakeBroker`]: an in-process stand-in for tests.
 //!
+//! [`agent`] is the guest agent (`bufbroker-guestd`): it owns the device and serves several
+//! guest processes, each a `Client<LocalTransport>`, over a Unix socket.
+//!
 //! Every reply is decoded with bounded decoding and validated before use; see [`client`].
 
+pub mod agent;
 pub mod client;
 pub mod fake;
 pub mod local;

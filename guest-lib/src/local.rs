@@ -7,12 +7,17 @@
 //! stream socket. File descriptors arrive as `SCM_RIGHTS` ancillary data with the reply's
 //! bytes. `Event` messages may be interleaved with replies; they are queued for
 //! [`Transport::recv_event`].
+//!
+//! A `HelloReply` that comes with an fd (only the guest agent, `bufbroker-guestd`, sends one)
+//! carries the host window: the transport maps the whole file from offset 0 and offers it as
+//! [`Transport::window`], so `Location::HostWindow` buffers map as over the device.
 
 use std::collections::VecDeque;
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bufbroker_proto::wire::{self, HEADER_SIZE, MAX_MESSAGE_SIZE};
@@ -23,6 +28,7 @@ use rustix::net::{
     SendAncillaryBuffer, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 
+use crate::mapping::MappedRegion;
 use crate::transport::{Transport, TransportError};
 
 /// Most fds one message may carry (one per buffer of the largest `Allocate`).
@@ -52,6 +58,7 @@ pub struct LocalTransport {
     events: VecDeque<Vec<u8>>,
     timeout: Duration,
     broken: bool,
+    window: Option<Arc<MappedRegion>>,
 }
 
 impl LocalTransport {
@@ -94,6 +101,7 @@ impl LocalTransport {
             events: VecDeque::new(),
             timeout: DEFAULT_TIMEOUT,
             broken: false,
+            window: None,
         })
     }
 
@@ -276,6 +284,24 @@ impl LocalTransport {
         }
     }
 
+    /// Maps the host window the guest agent sent with `HelloReply` (the whole file).
+    fn adopt_window(&mut self, fd: &OwnedFd) {
+        let size = match rustix::fs::fstat(fd) {
+            Ok(st) => u64::try_from(st.st_size).unwrap_or(0),
+            Err(e) => {
+                log::warn!("fstat of the window fd failed: {e}");
+                return;
+            }
+        };
+        if size == 0 {
+            return;
+        }
+        match MappedRegion::map_file(fd, size, true) {
+            Ok(region) => self.window = Some(Arc::new(region)),
+            Err(e) => log::warn!("cannot map the host window: {e}"),
+        }
+    }
+
     fn queue_event(&mut self, event: Vec<u8>) {
         if self.events.len() >= MAX_QUEUED_EVENTS {
             log::warn!("event queue full: dropping the oldest event");
@@ -292,6 +318,11 @@ fn is_event(msg: &[u8]) -> bool {
         .and_then(|b| <[u8; 2]>::try_from(b).ok())
         .map(u16::from_le_bytes);
     matches!(code, Some(0x4000..=0x7fff))
+}
+
+/// Whether `msg` is a `HelloReply`.
+fn is_hello_reply(msg: &[u8]) -> bool {
+    wire::decode_header(msg).is_ok_and(|h| h.message_type() == Some(wire::MessageType::HelloReply))
 }
 
 impl Transport for LocalTransport {
@@ -314,6 +345,11 @@ impl Transport for LocalTransport {
                     return Err(TransportError::Timeout(self.timeout));
                 }
                 Some((msg, _fds)) if is_event(&msg) => self.queue_event(msg),
+                Some((msg, mut fds)) if is_hello_reply(&msg) && !fds.is_empty() => {
+                    let fd = fds.remove(0);
+                    self.adopt_window(&fd);
+                    return Ok((msg, fds));
+                }
                 Some(reply) => return Ok(reply),
             }
         }
@@ -334,6 +370,10 @@ impl Transport for LocalTransport {
                 "a reply arrived while no request was outstanding".into(),
             )),
         }
+    }
+
+    fn window(&self) -> Option<Arc<MappedRegion>> {
+        self.window.clone()
     }
 }
 

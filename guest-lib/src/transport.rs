@@ -84,6 +84,13 @@ pub trait Transport {
     fn window_size(&self) -> Option<u64> {
         self.window().map(|w| w.len() as u64)
     }
+
+    /// A new fd through which another process can map the host window from offset 0 (so that
+    /// `Location::HostWindow` offsets stay valid there), if the transport can give one. The
+    /// guest agent (`crate::agent`) hands it to its clients with `HelloReply`.
+    fn window_fd(&self) -> Option<OwnedFd> {
+        None
+    }
 }
 
 impl<T: Transport + ?Sized> Transport for Box<T> {
@@ -101,5 +108,9 @@ impl<T: Transport + ?Sized> Transport for Box<T> {
 
     fn window_size(&self) -> Option<u64> {
         (**self).window_size()
+    }
+
+    fn window_fd(&self) -> Option<OwnedFd> {
+        (**self).window_fd()
     }
 }

@@ -68,3 +68,41 @@ fn alloc_nv12_example_exports_a_uuid_with_the_host_participants_stride() {
     );
     assert!(!uuid.is_nil());
 }
+
+#[test]
+fn two_selftests_pass_through_bufbroker_guestd_on_the_fake_device() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("guestd.sock");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_bufbroker-guestd"))
+        .arg("--fake")
+        .arg("--socket")
+        .arg(&sock)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(agent.stdout.take().unwrap()).lines();
+    assert!(
+        lines.any(|l| l.unwrap().contains("listening on")),
+        "the agent did not start"
+    );
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_bufbroker-guest-selftest"))
+            .arg("--socket")
+            .arg(&sock)
+            .args(["--pings", "10"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (run(), run());
+    for child in [first, second] {
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        assert!(!stdout.contains(" fail "), "{stdout}");
+    }
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+}

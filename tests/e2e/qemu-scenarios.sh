@@ -16,13 +16,14 @@
 #   e  teardown: driver reset, then SIGKILL of QEMU: the guest's buffers, bytes and the broker's
 #      open fds return to their baseline; a new QEMU is served on the same socket
 #   f  two VMs on one broker with separate quotas
+#   g  bufbroker-guestd owns the device; two guest processes run the self-test through it at once
 #
 # Usage: qemu-scenarios.sh [--verbose] [--keep] [--with-heaps] [--timeout SECS] [--only LETTERS]
 #   --verbose     print the guests' serial logs and the broker log at the end
 #   --keep        keep the work folder (always kept when something failed)
 #   --with-heaps  also run tests/e2e/heap-tests.sh as scenario d
 #   --timeout     per-guest limit in seconds (default 240)
-#   --only LETTERS  run only these scenarios (e.g. --only ae; default abcdef)
+#   --only LETTERS  run only these scenarios (e.g. --only ae; default abcdefg)
 # Environment: E2E_BROKER_WRAPPER (see below), RUST_LOG (the broker's, default info),
 # BUFBROKER_STATIC_TARGET (cargo target folder of the static guest build).
 # Prints "scenario | result | seconds" and exits non-zero if any scenario failed.
@@ -31,7 +32,7 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-verbose=0 keep=0 with_heaps=0 guest_timeout=240 only=abcdef
+verbose=0 keep=0 with_heaps=0 guest_timeout=240 only=abcdefg
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--verbose) verbose=1 ;;
@@ -90,9 +91,11 @@ consumer=$host_target/debug/bufbroker-e2e-consumer
 static_target=${BUFBROKER_STATIC_TARGET:-$E2E_CACHE/target-static}
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --locked \
 	--manifest-path "$E2E_REPO_ROOT/Cargo.toml" --target-dir "$static_target" \
-	--target x86_64-unknown-linux-gnu -p bufbroker-guest --bin bufbroker-guest-selftest
+	--target x86_64-unknown-linux-gnu -p bufbroker-guest --bin bufbroker-guest-selftest \
+	--bin bufbroker-guestd
 selftest=$static_target/x86_64-unknown-linux-gnu/debug/bufbroker-guest-selftest
-"$E2E_DIR/mkinitramfs.sh" "$work/initrd.cpio.gz" --bin "$selftest" \
+guestd=$static_target/x86_64-unknown-linux-gnu/debug/bufbroker-guestd
+"$E2E_DIR/mkinitramfs.sh" "$work/initrd.cpio.gz" --bin "$selftest" --bin "$guestd" \
 	--init-script "$E2E_DIR/guest/qemu-scenarios.sh" >/dev/null
 e2e_log "build + initramfs: $(e2e_elapsed "$t") s"
 
@@ -397,6 +400,21 @@ scenario_two_vms() {
 }
 
 if wanted f; then scenario_two_vms; fi
+
+# --- g: the guest agent ---------------------------------------------------------------------------
+# bufbroker-guestd owns the device; two self-tests run at once as its clients (HostWindow
+# buffers mapped through the BAR fd the agent passes with HelloReply).
+scenario_agent() {
+	local t ok=1
+	t=$(e2e_now)
+	boot agent agent "$work/vm.sock0"
+	check "two self-tests through bufbroker-guestd" guest_result agent "$vm_pid" || ok=0
+	check "both clients ran every step" [ "$(count_lines "$work/agent.serial.log" 'BUFBROKER-RESULT agent[12]:free pass')" = 2 ] || ok=0
+	record g.agent "$([ "$ok" = 1 ] && echo pass || echo fail)" "$(e2e_elapsed "$t")" \
+		"two guest processes share the device through bufbroker-guestd"
+}
+
+if wanted g; then scenario_agent; fi
 
 # --- report -----------------------------------------------------------------------------------
 {

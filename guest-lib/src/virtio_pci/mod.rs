@@ -222,6 +222,9 @@ pub struct VirtioPciTransport {
     event_size: usize,
     config: ConfigSpace,
     window: Option<Arc<MappedRegion>>,
+    /// `resourceN` of the window's BAR, when the window starts at offset 0 of it (then another
+    /// process can map the window through this file with the same offsets).
+    window_file: Option<std::path::PathBuf>,
     timeout: Duration,
     broken: bool,
     bdf: String,
@@ -375,6 +378,11 @@ impl VirtioPciTransport {
         common.write8(DEVICE_STATUS, status | STATUS_DRIVER_OK);
         events.kick(EVENT_QUEUE);
 
+        let window_file = caps
+            .shm0
+            .as_ref()
+            .filter(|shm| shm.length > 0 && shm.offset == 0)
+            .map(|shm| dev.resource_path(shm.bar));
         let window = match caps.shm0 {
             Some(shm) if shm.length > 0 => {
                 let size = sizes.get(usize::from(shm.bar)).map_or(0, |s| s.1);
@@ -397,6 +405,7 @@ impl VirtioPciTransport {
             event_size,
             config,
             window,
+            window_file,
             timeout: options.timeout,
             broken: false,
             bdf: dev.bdf().to_owned(),
@@ -665,6 +674,22 @@ impl Transport for VirtioPciTransport {
 
     fn window_size(&self) -> Option<u64> {
         self.window.as_ref().map(|w| w.len() as u64)
+    }
+
+    fn window_fd(&self) -> Option<OwnedFd> {
+        self.window.as_ref()?;
+        let path = self.window_file.as_ref()?;
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+        {
+            Ok(f) => Some(f.into()),
+            Err(e) => {
+                log::warn!("{}: cannot open {}: {e}", self.bdf, path.display());
+                None
+            }
+        }
     }
 }
 

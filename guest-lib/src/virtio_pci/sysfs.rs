@@ -116,6 +116,11 @@ impl PciDevice {
             .map_err(io("write the command register", &path))
     }
 
+    /// The sysfs file through which BAR `bar` can be mapped (`resourceN`).
+    pub fn resource_path(&self, bar: u8) -> PathBuf {
+        self.path.join(format!("resource{bar}"))
+    }
+
     /// Maps `len` bytes at `offset` of BAR `bar` (through `resourceN`), after checking the
     /// range against the BAR's size.
     pub fn map_bar(
@@ -125,7 +130,7 @@ impl PciDevice {
         len: u64,
         bar_size: u64,
     ) -> Result<Arc<MappedRegion>, VirtioPciError> {
-        let path = self.path.join(format!("resource{bar}"));
+        let path = self.resource_path(bar);
         let bad = || VirtioPciError::BadBarRange {
             bar,
             offset,

@@ -41,6 +41,32 @@ under)
 	exec 3<&-
 	$st --fill 4
 	;;
+agent)
+	# g: bufbroker-guestd owns the device; two self-tests at once through its socket, their
+	# result names renamed agent1:/agent2: so the table keeps both.
+	sock=/run/bufbroker-guestd.sock
+	/bin/bufbroker-guestd --socket $sock >/tmp/guestd.log 2>&1 &
+	gpid=$!
+	i=0
+	while [ ! -S $sock ] && [ $i -lt 300 ] && kill -0 $gpid 2>/dev/null; do
+		sleep 0.1
+		i=$((i + 1))
+	done
+	cat /tmp/guestd.log
+	$st --socket $sock --pings 10 >/tmp/agent1.log 2>&1 &
+	p1=$!
+	$st --socket $sock --pings 10 >/tmp/agent2.log 2>&1 &
+	p2=$!
+	r1=0 r2=0
+	wait $p1 || r1=$?
+	wait $p2 || r2=$?
+	sed 's/BUFBROKER-RESULT guest:/BUFBROKER-RESULT agent1:/' /tmp/agent1.log
+	sed 's/BUFBROKER-RESULT guest:/BUFBROKER-RESULT agent2:/' /tmp/agent2.log
+	kill $gpid
+	wait $gpid || true
+	cat /tmp/guestd.log
+	[ $r1 = 0 ] && [ $r2 = 0 ]
+	;;
 *)
 	echo "unknown E2E_ROLE '${E2E_ROLE:-}'"
 	e2e_result role fail 0
