@@ -41,3 +41,68 @@ e2e_load_prepared() {
 		e2e_die "versions.env changed since the last prepare; run $E2E_DIR/prepare.sh"
 	fi
 }
+
+# e2e_parse_args DEFAULT_TIMEOUT "$@": the options every guest-test script takes
+# (--verbose, --timeout SECS, --out DIR, --help). Sets `verbose_args` (for run-guest.sh),
+# `timeout_s` and `out`. --help prints the calling script's header comment.
+# shellcheck disable=SC2034 # verbose_args, timeout_s and out are for the calling script
+e2e_parse_args() {
+	timeout_s=$1
+	shift
+	verbose_args=() out=""
+	while [ $# -gt 0 ]; do
+		case "$1" in
+		--verbose) verbose_args=(--verbose) ;;
+		--timeout) timeout_s=${2:?--timeout needs seconds}; shift ;;
+		--out) out=${2:?--out needs a folder}; shift ;;
+		-h | --help)
+			sed -n '3,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+			exit 0
+			;;
+		*) e2e_die "unknown argument $1 (try --help)" ;;
+		esac
+		shift
+	done
+}
+
+# e2e_out_dir NAME: makes `out` (a new temporary folder when --out was not given) and sets
+# `cleanup_out` (1: remove it after a passing run).
+e2e_out_dir() {
+	if [ -z "$out" ]; then
+		out=$(mktemp -d "${TMPDIR:-/tmp}/bufbroker-e2e-$1.XXXXXX")
+		cleanup_out=1
+	else
+		mkdir -p "$out"
+		cleanup_out=0
+	fi
+}
+
+# e2e_finish STATUS: removes `out` after a passing run that made it, else says where it is;
+# exits with STATUS.
+e2e_finish() {
+	if [ "$1" = 0 ] && [ "$cleanup_out" = 1 ]; then
+		rm -rf "$out"
+	else
+		e2e_log "initramfs and serial log kept in $out"
+	fi
+	exit "$1"
+}
+
+# e2e_static_test_bin CARGO-TEST-ARGS...: builds `cargo test ARGS --no-run` statically linked
+# (for the initramfs) and prints the test executable's path. The static builds share a target
+# folder in the cache ($BUFBROKER_STATIC_TARGET overrides it): static linking changes RUSTFLAGS,
+# which would otherwise rebuild the normal debug build every time. Cargo records workspace
+# paths relatively, so two checkouts (git worktrees) building into one folder at the same time
+# can link each other's crates: give each its own folder then.
+e2e_static_test_bin() {
+	RUSTFLAGS="-C target-feature=+crt-static" cargo test --quiet --locked "$@" \
+		--no-run --message-format=json --target x86_64-unknown-linux-gnu \
+		--manifest-path "$E2E_REPO_ROOT/Cargo.toml" \
+		--target-dir "${BUFBROKER_STATIC_TARGET:-$E2E_CACHE/target-static}" |
+		python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["executable"])'
+}

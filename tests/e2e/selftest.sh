@@ -14,20 +14,7 @@ set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-verbose=() timeout_s=300 out=""
-while [ $# -gt 0 ]; do
-	case "$1" in
-	--verbose) verbose=(--verbose) ;;
-	--timeout) timeout_s=${2:?--timeout needs seconds}; shift ;;
-	--out) out=${2:?--out needs a folder}; shift ;;
-	-h | --help)
-		sed -n '3,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
-		exit 0
-		;;
-	*) e2e_die "unknown argument $1 (try --help)" ;;
-	esac
-	shift
-done
+e2e_parse_args 300 "$@"
 
 t=$(e2e_now)
 "$E2E_DIR/prepare.sh" --quiet
@@ -60,13 +47,7 @@ for line in sys.stdin:
 [ -f "$probe_tests" ] || e2e_die "cargo test --no-run gave no test executable"
 e2e_log "static probe build: $(e2e_elapsed "$t") s"
 
-if [ -z "$out" ]; then
-	out=$(mktemp -d "${TMPDIR:-/tmp}/bufbroker-e2e-selftest.XXXXXX")
-	cleanup_out=1
-else
-	mkdir -p "$out"
-	cleanup_out=0
-fi
+e2e_out_dir selftest
 
 t=$(e2e_now)
 "$E2E_DIR/mkinitramfs.sh" "$out/selftest.cpio.gz" \
@@ -78,12 +59,7 @@ e2e_log "initramfs: $(e2e_elapsed "$t") s"
 t=$(e2e_now)
 status=0
 "$E2E_DIR/run-guest.sh" --initrd "$out/selftest.cpio.gz" --log "$out/serial.log" \
-	--timeout "$timeout_s" --iommu "${verbose[@]}" -- -device edu || status=$?
+	--timeout "$timeout_s" --iommu "${verbose_args[@]}" -- -device edu || status=$?
 e2e_log "guest boot and tests: $(e2e_elapsed "$t") s"
 
-if [ "$status" = 0 ] && [ "$cleanup_out" = 1 ]; then
-	rm -rf "$out"
-else
-	e2e_log "initramfs and serial log kept in $out"
-fi
-exit "$status"
+e2e_finish "$status"
