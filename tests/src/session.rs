@@ -2,17 +2,23 @@
 //! vhost-user device (the real guest session) and behind a local socket (host clients), and
 //! the guest's side of a session on top of a [`Vmm`].
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bufbroker::config::Config;
-use bufbroker::local::LocalServer;
+use bufbroker::local::{Client, LocalServer};
 use bufbroker::session::{Broker, guest_factory};
 use bufbroker::vhost::DeviceConfig;
-use bufbroker_proto::wire::{self, Allocate, Features, Hello, HelloReply, Message, Placement};
+use bufbroker_proto::wire::{
+    self, Access, Allocate, BufferId, Features, Grant, Hello, HelloReply, Import, ImportView,
+    Message, Placement,
+};
 use bufbroker_proto::{ConstraintSet, Fourcc, Participant, ParticipantId, Request, Usage};
 
 use crate::broker::{Recorder, TestBroker, recording};
+use uuid::Uuid;
+
 use crate::vmm::{Vmm, VmmOptions};
 use crate::{Context, HarnessError, Result};
 
@@ -136,4 +142,32 @@ pub fn allocate_host_window(vmm: &mut Vmm, id: u32, request: Request) -> Result<
             placement: Placement::HostWindow,
         }),
     )
+}
+
+/// Grants `buffer` to the host user this test runs as (`uid:N`, the owner name a local client
+/// of that user gets) with `access`, as request `id`; returns the reply.
+pub fn grant_to_host(vmm: &mut Vmm, id: u32, buffer: BufferId, access: Access) -> Result<Message> {
+    let uid = rustix::process::getuid().as_raw();
+    ask(
+        vmm,
+        id,
+        &Message::Grant(Grant {
+            buffer,
+            grantee: format!("uid:{uid}"),
+            access,
+        }),
+    )
+}
+
+/// A new host client on the broker's local socket imports `uuid` as a descriptor; returns the
+/// reply (an `ImportReply` or an `ErrorReply`) and the descriptors that came with it.
+pub fn host_import(local: &Path, uuid: Uuid) -> Result<(Message, Vec<OwnedFd>)> {
+    let (mut client, _) =
+        Client::connect_hello(local, Features::all()).context("connecting a host client")?;
+    client
+        .request(&Message::Import(Import {
+            uuid,
+            view: ImportView::HostClient,
+        }))
+        .context("importing as a host client")
 }

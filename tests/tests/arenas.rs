@@ -21,7 +21,9 @@ use bufbroker_proto::wire::{
     Access, Allocate, AllocateReply, BufferInfo, ErrorCode, Export, Features, Free, Grant, Import,
     ImportView, Location, Message, Ping, Placement,
 };
-use bufbroker_tests::session::{FullBroker, XRGB8888, allocate_host_window, ask, cpu_request};
+use bufbroker_tests::session::{
+    FullBroker, XRGB8888, allocate_host_window, ask, cpu_request, grant_to_host, host_import,
+};
 use bufbroker_tests::vmm::{ChannelEvent, Vmm};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -231,25 +233,9 @@ fn a_host_client_importing_an_arena_buffer_sees_the_guests_bytes() {
     let (offset, _) = window_range(&buffer);
     assert!(offset > 0);
     ask(&mut vmm, 4, &Message::Export(Export { buffer: buffer.id })).unwrap();
-    let uid = rustix::process::getuid().as_raw();
-    ask(
-        &mut vmm,
-        5,
-        &Message::Grant(Grant {
-            buffer: buffer.id,
-            grantee: format!("uid:{uid}"),
-            access: Access::ReadWrite,
-        }),
-    )
-    .unwrap();
+    grant_to_host(&mut vmm, 5, buffer.id, Access::ReadWrite).unwrap();
 
-    let (mut client, _) = Client::connect_hello(&s.local, Features::all()).unwrap();
-    let (reply, fds) = client
-        .request(&Message::Import(Import {
-            uuid: buffer.uuid,
-            view: ImportView::HostClient,
-        }))
-        .unwrap();
+    let (reply, fds) = host_import(&s.local, buffer.uuid).unwrap();
     let Message::ImportReply(import) = reply else {
         panic!("expected ImportReply, got {reply:?}")
     };

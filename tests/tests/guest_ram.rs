@@ -13,12 +13,12 @@
 
 use bufbroker::config::Config;
 use bufbroker::heap::Mapping;
-use bufbroker::local::Client;
 use bufbroker_proto::wire::{
-    Access, Allocate, ErrorCode, Features, Grant, GuestRange, Import, ImportView, Location,
-    Message, Ping, Placement,
+    Access, Allocate, ErrorCode, Features, GuestRange, Location, Message, Ping, Placement,
 };
-use bufbroker_tests::session::{FullBroker, XRGB8888, ask, cpu_request};
+use bufbroker_tests::session::{
+    FullBroker, XRGB8888, ask, cpu_request, grant_to_host, host_import,
+};
 use bufbroker_tests::vmm::{Vmm, VmmOptions};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -73,26 +73,10 @@ fn guest_pages_become_a_buffer_a_host_client_can_import_where_udmabuf_exists() {
     };
     let buffer = alloc.buffers[0];
     assert_eq!(buffer.location, Location::GuestRam);
-    let uid = rustix::process::getuid().as_raw();
-    let reply = ask(
-        &mut vmm,
-        3,
-        &Message::Grant(Grant {
-            buffer: buffer.id,
-            grantee: format!("uid:{uid}"),
-            access: Access::ReadOnly,
-        }),
-    )
-    .unwrap();
+    let reply = grant_to_host(&mut vmm, 3, buffer.id, Access::ReadOnly).unwrap();
     assert!(matches!(reply, Message::GrantReply(_)), "{reply:?}");
 
-    let (mut client, _) = Client::connect_hello(&s.local, Features::all()).unwrap();
-    let (reply, fds) = client
-        .request(&Message::Import(Import {
-            uuid: buffer.uuid,
-            view: ImportView::HostClient,
-        }))
-        .unwrap();
+    let (reply, fds) = host_import(&s.local, buffer.uuid).unwrap();
     if std::path::Path::new("/dev/udmabuf").exists() {
         let Message::ImportReply(_) = reply else {
             panic!("expected ImportReply, got {reply:?}")

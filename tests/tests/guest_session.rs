@@ -15,11 +15,8 @@ use std::time::Duration;
 
 use bufbroker::config::Config;
 use bufbroker::heap::Mapping;
-use bufbroker::local::Client;
 use bufbroker_proto::Request;
-use bufbroker_proto::wire::{
-    self, Access, ErrorCode, Export, Features, Free, Grant, Import, ImportView, Location, Message,
-};
+use bufbroker_proto::wire::{self, Access, ErrorCode, Export, Features, Free, Location, Message};
 use bufbroker_tests::session::{self, FullBroker, NV12, allocate_host_window, ask, cpu_request};
 use bufbroker_tests::vmm::{ChannelEvent, Vmm, VmmOptions};
 
@@ -69,27 +66,11 @@ fn guest_buffer_in_the_window_is_the_host_clients_buffer() {
         panic!("expected ExportReply, got {reply:?}")
     };
     assert_eq!(export.uuid, buffer.uuid);
-    let uid = rustix::process::getuid().as_raw();
-    let reply = ask(
-        &mut vmm,
-        4,
-        &Message::Grant(Grant {
-            buffer: buffer.id,
-            grantee: format!("uid:{uid}"),
-            access: Access::ReadWrite,
-        }),
-    )
-    .unwrap();
+    let reply = session::grant_to_host(&mut vmm, 4, buffer.id, Access::ReadWrite).unwrap();
     assert!(matches!(reply, Message::GrantReply(_)), "{reply:?}");
 
     // The host process imports it, receives the fd, and writes a pattern.
-    let (mut client, _) = Client::connect_hello(&s.local, Features::all()).unwrap();
-    let (reply, fds) = client
-        .request(&Message::Import(Import {
-            uuid: export.uuid,
-            view: ImportView::HostClient,
-        }))
-        .unwrap();
+    let (reply, fds) = session::host_import(&s.local, export.uuid).unwrap();
     let Message::ImportReply(import) = reply else {
         panic!("expected ImportReply, got {reply:?}")
     };
