@@ -281,6 +281,8 @@ pub struct ArenaSlot {
     pub arena: u64,
     /// Offset of the buffer in the arena memfd.
     pub offset: u64,
+    /// Bytes of the arena the buffer occupies (page-rounded).
+    pub len: u64,
 }
 
 /// Memory carved out of something larger than the buffer: a range of an arena memfd, or

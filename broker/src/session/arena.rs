@@ -27,13 +27,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bufbroker_proto::{HeapInfo, Plan};
 
-use super::window::WindowAllocator;
 use crate::config::{ArenaConfig, ArenaMode};
 use crate::exposure::GuestExposure;
 use crate::heap::{
     ArenaSlot, BUFFER_SEALS, Carved, Heap, HeapBuffer, HeapError, MemfdHeap, MemfdRange,
     UdmabufDevice, UdmabufRange, error_chain, page_size, round_size,
 };
+use crate::vhost::{WindowAllocator, WindowRange};
 
 /// Arena ids, unique in the process (a buffer's [`ArenaSlot`] names its arena).
 static NEXT_ARENA: AtomicU64 = AtomicU64::new(1);
@@ -154,15 +154,15 @@ impl Arenas {
     fn carve(self: &Arc<Self>, heap: &str, size: u64) -> Result<HeapBuffer, HeapError> {
         let len = round_size(size, page_size())?;
         let found = lock(&self.arenas).iter_mut().find_map(|(&id, arena)| {
-            let (offset, _) = arena.slices.allocate(len)?;
+            let range = arena.slices.allocate(len).ok()?;
             arena.live += 1;
-            Some((id, arena.memfd.clone(), offset))
+            Some((id, arena.memfd.clone(), range.offset))
         });
         let (arena, memfd, offset) = match found {
             Some(found) => found,
             None => self.map_new_arena(len)?,
         };
-        let slot = ArenaSlot { arena, offset };
+        let slot = ArenaSlot { arena, offset, len };
         let dmabuf = match &self.udmabuf {
             None => None,
             Some(device) => match device.create(UdmabufRange {
@@ -197,19 +197,20 @@ impl Arenas {
         let (window_offset, size) = {
             let mut window = lock(&self.window);
             // A full-size arena if it fits, else one just large enough for this buffer.
-            window
+            let range = window
                 .allocate(wanted)
-                .or_else(|| window.allocate(len))
-                .ok_or_else(|| {
+                .or_else(|_| window.allocate(len))
+                .map_err(|_| {
                     no_room(format!(
                         "the shared-memory window of {} bytes has no free range of {len} bytes \
                          ({} bytes in use)",
                         self.exposure.window_size(),
-                        window.used_bytes()
+                        window.size() - window.free_bytes()
                     ))
-                })?
+                })?;
+            (range.offset, range.len)
         };
-        let release_window = || lock(&self.window).release(window_offset);
+        let release_window = || release_range(&self.window, window_offset, size);
         let memfd = match self.memfd.create_memfd(size, BUFFER_SEALS) {
             Ok(fd) => Arc::new(fd),
             Err(e) => {
@@ -228,8 +229,8 @@ impl Arenas {
             )));
         }
         self.maps.fetch_add(1, Ordering::Relaxed);
-        let mut slices = WindowAllocator::new(size, page_size());
-        let Some((offset, _)) = slices.allocate(len) else {
+        let mut slices = WindowAllocator::new(size);
+        let Ok(WindowRange { offset, .. }) = slices.allocate(len) else {
             // Cannot happen (the arena holds at least `len`), but never leave it mapped.
             self.unmap(window_offset, size);
             return Err(no_room("the new arena is too small".into()));
@@ -257,7 +258,7 @@ impl Arenas {
             let Some(arena) = arenas.get_mut(&slot.arena) else {
                 return;
             };
-            arena.slices.release(slot.offset);
+            release_in(&mut arena.slices, slot.offset, slot.len);
             arena.live = arena.live.saturating_sub(1);
             let empty = arena.live == 0;
             // Keep it when warm arenas are wanted and no other empty one is kept already.
@@ -284,7 +285,7 @@ impl Arenas {
                 error_chain(&e)
             );
         }
-        lock(&self.window).release(window_offset);
+        release_range(&self.window, window_offset, size);
         self.unmaps.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -327,4 +328,16 @@ impl Heap for ArenaHeap {
     fn recyclable(&self) -> bool {
         false
     }
+}
+
+/// Returns `offset..offset+len` to `allocator`; a range it does not hold is a bug, logged.
+fn release_in(allocator: &mut WindowAllocator, offset: u64, len: u64) {
+    if let Err(e) = allocator.release(WindowRange { offset, len }) {
+        log::error!("releasing range {offset:#x}+{len:#x}: {e}");
+    }
+}
+
+/// [`release_in`] on a shared window allocator.
+pub(super) fn release_range(window: &Mutex<WindowAllocator>, offset: u64, len: u64) {
+    release_in(&mut lock(window), offset, len);
 }

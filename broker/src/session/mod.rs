@@ -23,7 +23,6 @@ mod guest;
 mod guest_ram;
 mod iova;
 mod plan_cache;
-mod window;
 
 /// A new, read-only open of the file behind `fd` (through `/proc/self/fd`), so that a
 /// read-only grant cannot be mapped writable by the importer. Works for memfds; a dmabuf (an
@@ -58,8 +57,8 @@ use thiserror::Error;
 
 use crate::config::ResolvedPolicy;
 use crate::exposure::{ExposureError, GuestExposure};
-use crate::heap::page_size;
 use crate::registry::{Allocated, OwnerId, RegistryError, ViewKind};
+use crate::vhost::WindowAllocator;
 
 pub use arena::{ArenaHeap, ArenaStats, Arenas};
 pub use broker::{Broker, BrokerError};
@@ -67,7 +66,6 @@ pub use guest::{GuestHandler, guest_factory};
 pub use plan_cache::{
     FastHashState, FastHasher, Lookup, Outcome, PlanCache, Resolution, wire_request,
 };
-pub use window::WindowAllocator;
 
 /// Why a request failed. Each maps to a wire [`ErrorCode`] ([`SessionError::code`]).
 #[derive(Debug, Error)]
@@ -304,10 +302,7 @@ impl Session {
         let transport = match exposure {
             None => Transport::Local,
             Some(exposure) => {
-                let window = Arc::new(Mutex::new(WindowAllocator::new(
-                    exposure.window_size(),
-                    page_size(),
-                )));
+                let window = Arc::new(Mutex::new(WindowAllocator::new(exposure.window_size())));
                 let arenas = Arenas::new(
                     broker.config().arenas,
                     exposure.clone(),
@@ -743,20 +738,15 @@ impl Session {
              is absent)",
         ))?;
         let size = view.memory.size();
-        let lock = |w: &Mutex<WindowAllocator>| {
-            w.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .allocate(size)
-        };
-        let (offset, len) = lock(window).ok_or(SessionError::WindowFull(size))?;
+        let range = window
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .allocate(size)
+            .map_err(|_| SessionError::WindowFull(size))?;
+        let (offset, len) = (range.offset, range.len);
         let release = {
             let window = window.clone();
-            move || {
-                window
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .release(offset)
-            }
+            move || arena::release_range(&window, offset, len)
         };
         let writable = writable && view.access == Access::ReadWrite;
         if let Err(source) = exposure.map_window(fd, fd_offset, offset, size, writable) {
